@@ -1,0 +1,111 @@
+//! Engine throughput in replay, JSON decoding included, at 10 k, 100 k and 1 M active pairs
+//! (issue 2): does the cost of an event grow with state? Each size generates a seeded workload
+//! with `touchstream::gen`, warms the engine with all but the last events (setup, untimed), then
+//! times the last events through `Engine::process` in 4096-line micro-batches on one thread.
+//!
+//! Run: `cargo bench --bench engine` (sizes: `TOUCHSTREAM_BENCH_PAIRS=10000,100000`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use touchstream::config::Pipeline;
+use touchstream::directory::Directory;
+use touchstream::engine::{ClockMode, Engine, Input};
+use touchstream::r#gen::{GenArgs, generate_each};
+
+const BATCH: usize = 4096;
+/// Events timed per size (the rest of the workload only builds state).
+const MEASURED: usize = 1_000_000;
+
+struct Result {
+    pairs: usize,
+    lines: usize,
+    measured: usize,
+    ns_per_event: f64,
+}
+
+fn run(pairs: usize, pipeline: &Arc<Pipeline>) -> anyhow::Result<Result> {
+    let customers_per_rep = 50;
+    let args = GenArgs {
+        seed: 7,
+        regions: 8,
+        reps: (pairs / customers_per_rep).max(1),
+        customers_per_rep,
+        // Enough days for every pair to be active and for the window state to fill.
+        days: if pairs >= 1_000_000 { 3 } else if pairs >= 100_000 { 8 } else { 30 },
+        end: None,
+        max_events: 0,
+        noise: 0.01,
+    };
+    let mut data: Vec<u8> = Vec::new();
+    let mut ends: Vec<usize> = Vec::new();
+    let csv = generate_each(&args, |line| {
+        data.extend_from_slice(line.as_bytes());
+        ends.push(data.len());
+    })?;
+    let dir = Arc::new(Directory::from_csv(&csv.reps_csv, &csv.customers_csv, &csv.regions_csv)?);
+    let mut start = 0;
+    let inputs: Vec<Input<'_>> = ends
+        .iter()
+        .map(|&end| {
+            let raw = &data[start..end];
+            start = end;
+            Input { raw, received_at: None }
+        })
+        .collect();
+    let mut engine = Engine::new(pipeline.clone(), dir, ClockMode::Replay)?;
+    let now = i64::MAX / 4;
+    let measured = MEASURED.min(inputs.len() / 2);
+    let split = inputs.len() - measured;
+    for chunk in inputs[..split].chunks(BATCH) {
+        std::hint::black_box(engine.process(chunk, now));
+    }
+    let t0 = Instant::now();
+    let mut outputs = 0usize;
+    for chunk in inputs[split..].chunks(BATCH) {
+        let out = engine.process(chunk, now);
+        outputs += out.alerts.len() + out.sessions.len() + out.dead_letters.len();
+    }
+    let elapsed = t0.elapsed();
+    std::hint::black_box(outputs);
+    Ok(Result {
+        pairs,
+        lines: inputs.len(),
+        measured,
+        ns_per_event: elapsed.as_nanos() as f64 / measured as f64,
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let sizes: Vec<usize> = std::env::var("TOUCHSTREAM_BENCH_PAIRS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![10_000, 100_000, 1_000_000]);
+    let pipeline = Arc::new(Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml"))?);
+    println!("engine/replay  (JSON decoding included, one thread, {BATCH}-line micro-batches)");
+    let mut results = Vec::new();
+    for pairs in sizes {
+        let r = run(pairs, &pipeline)?;
+        println!(
+            "engine/replay/pairs={:<9} workload {:>9} lines, timed {:>8}: {:>7.0} ns/event  {:>10.0} events/s",
+            r.pairs,
+            r.lines,
+            r.measured,
+            r.ns_per_event,
+            1e9 / r.ns_per_event
+        );
+        results.push(r);
+    }
+    if let (Some(first), Some(last)) = (results.first(), results.last())
+        && results.len() > 1
+    {
+        println!(
+            "per-event cost at {} pairs / at {} pairs = {:.2}",
+            last.pairs,
+            first.pairs,
+            last.ns_per_event / first.ns_per_event
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! Reference data (EVENTS.md §3): reps, customers and regions from three CSV files. Resolves
+//! WeCom and DingTalk ids to `rep_id` / `customer_id`, and ids to dense indices that the
+//! operators use as keys (cheaper than strings on the hot path).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Rep {
+    pub rep_id: String,
+    pub name: String,
+    pub region: String,
+    pub wecom_userid: String,
+    pub dingtalk_staff_id: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Customer {
+    pub customer_id: String,
+    pub name: String,
+    pub wecom_external_userid: String,
+    pub tier: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Region {
+    pub region: String,
+    pub director: String,
+    /// Where alerts for the region go (receiver names, `;`-separated); may be empty.
+    pub routes: String,
+}
+
+/// Index of a rep in `Directory::reps`.
+pub type RepIx = u32;
+/// Index of a customer in `Directory::customers`.
+pub type CustomerIx = u32;
+
+#[derive(Debug, Default)]
+pub struct Directory {
+    pub reps: Vec<Rep>,
+    pub customers: Vec<Customer>,
+    pub regions: Vec<Region>,
+    rep_by_id: HashMap<String, RepIx>,
+    rep_by_wecom: HashMap<String, RepIx>,
+    rep_by_dingtalk: HashMap<String, RepIx>,
+    customer_by_id: HashMap<String, CustomerIx>,
+    customer_by_wecom: HashMap<String, CustomerIx>,
+}
+
+const REPS_HEADER: &[&str] = &["rep_id", "name", "region", "wecom_userid", "dingtalk_staff_id"];
+const CUSTOMERS_HEADER: &[&str] = &["customer_id", "name", "wecom_external_userid", "tier"];
+const REGIONS_HEADER: &[&str] = &["region", "director", "routes"];
+
+fn read_csv<T: serde::de::DeserializeOwned>(path: &Path, header: &[&str]) -> anyhow::Result<Vec<T>> {
+    let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let got: Vec<String> = r.headers()?.iter().map(str::to_string).collect();
+    if got != header {
+        bail!(
+            "{}: header must be `{}`, found `{}`",
+            path.display(),
+            header.join(","),
+            got.join(",")
+        );
+    }
+    let mut out = Vec::new();
+    for (i, row) in r.deserialize().enumerate() {
+        out.push(row.with_context(|| format!("{}: row {}", path.display(), i + 2))?);
+    }
+    Ok(out)
+}
+
+impl Directory {
+    /// Loads `reps.csv`, `customers.csv` and `regions.csv` from `dir`.
+    pub fn load(dir: &Path) -> anyhow::Result<Directory> {
+        let reps = read_csv(&dir.join("reps.csv"), REPS_HEADER)?;
+        let customers = read_csv(&dir.join("customers.csv"), CUSTOMERS_HEADER)?;
+        let regions = read_csv(&dir.join("regions.csv"), REGIONS_HEADER)?;
+        Self::new(reps, customers, regions)
+    }
+
+    /// Builds a directory from the three CSV texts (generated workloads, tests).
+    pub fn from_csv(reps: &str, customers: &str, regions: &str) -> anyhow::Result<Directory> {
+        fn parse<T: serde::de::DeserializeOwned>(text: &str, name: &str, header: &[&str]) -> anyhow::Result<Vec<T>> {
+            let mut r = csv::Reader::from_reader(text.as_bytes());
+            let got: Vec<String> = r.headers()?.iter().map(str::to_string).collect();
+            if got != header {
+                bail!("{name}: header must be `{}`", header.join(","));
+            }
+            r.deserialize().map(|row| row.with_context(|| name.to_string())).collect()
+        }
+        Self::new(
+            parse(reps, "reps.csv", REPS_HEADER)?,
+            parse(customers, "customers.csv", CUSTOMERS_HEADER)?,
+            parse(regions, "regions.csv", REGIONS_HEADER)?,
+        )
+    }
+
+    pub fn new(reps: Vec<Rep>, customers: Vec<Customer>, regions: Vec<Region>) -> anyhow::Result<Self> {
+        let mut d = Directory {
+            reps,
+            customers,
+            regions,
+            ..Default::default()
+        };
+        for (i, r) in d.reps.iter().enumerate() {
+            let i = i as RepIx;
+            if d.rep_by_id.insert(r.rep_id.clone(), i).is_some() {
+                bail!("reps.csv: rep_id `{}` appears twice", r.rep_id);
+            }
+            if !r.wecom_userid.is_empty() {
+                d.rep_by_wecom.insert(r.wecom_userid.clone(), i);
+            }
+            if !r.dingtalk_staff_id.is_empty() {
+                d.rep_by_dingtalk.insert(r.dingtalk_staff_id.clone(), i);
+            }
+        }
+        for (i, c) in d.customers.iter().enumerate() {
+            let i = i as CustomerIx;
+            if d.customer_by_id.insert(c.customer_id.clone(), i).is_some() {
+                bail!("customers.csv: customer_id `{}` appears twice", c.customer_id);
+            }
+            if !c.wecom_external_userid.is_empty() {
+                d.customer_by_wecom.insert(c.wecom_external_userid.clone(), i);
+            }
+        }
+        let known: std::collections::HashSet<&str> =
+            d.regions.iter().map(|r| r.region.as_str()).collect();
+        if let Some(r) = d.reps.iter().find(|r| !known.contains(r.region.as_str())) {
+            bail!("reps.csv: rep `{}` names region `{}`, which regions.csv lacks", r.rep_id, r.region);
+        }
+        Ok(d)
+    }
+
+    pub fn rep(&self, rep_id: &str) -> Option<RepIx> {
+        self.rep_by_id.get(rep_id).copied()
+    }
+    pub fn rep_by_wecom(&self, wecom_userid: &str) -> Option<RepIx> {
+        self.rep_by_wecom.get(wecom_userid).copied()
+    }
+    pub fn rep_by_dingtalk(&self, staff_id: &str) -> Option<RepIx> {
+        self.rep_by_dingtalk.get(staff_id).copied()
+    }
+    pub fn customer(&self, customer_id: &str) -> Option<CustomerIx> {
+        self.customer_by_id.get(customer_id).copied()
+    }
+    pub fn customer_by_wecom(&self, external_userid: &str) -> Option<CustomerIx> {
+        self.customer_by_wecom.get(external_userid).copied()
+    }
+    pub fn rep_id(&self, r: RepIx) -> &str {
+        &self.reps[r as usize].rep_id
+    }
+    pub fn region_of(&self, r: RepIx) -> &str {
+        &self.reps[r as usize].region
+    }
+    pub fn customer_id(&self, c: CustomerIx) -> &str {
+        &self.customers[c as usize].customer_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_directory_resolves_every_id_form() {
+        let d = Directory::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/directory")))
+            .expect("example directory");
+        let r1 = d.rep("r1").expect("r1");
+        assert_eq!(d.rep_by_wecom("wx_r1"), Some(r1));
+        assert_eq!(d.rep_by_dingtalk("dt_r1"), Some(r1));
+        assert_eq!(d.region_of(r1), "east");
+        let c1 = d.customer("c1").expect("c1");
+        assert_eq!(d.customer_by_wecom("wo_c1"), Some(c1));
+        assert_eq!(d.rep("nobody"), None);
+    }
+
+    #[test]
+    fn wrong_header_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("reps.csv"), "id,name\n").expect("write");
+        let err = Directory::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("reps.csv") && err.contains("rep_id,name,region"), "{err}");
+    }
+}

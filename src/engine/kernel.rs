@@ -1,0 +1,136 @@
+//! DataFusion as the per-micro-batch kernel (DESIGN.md decision 1): a SQL query is planned once
+//! over a streaming table whose rows are swapped in before each run, then re-executed. Operators
+//! own state and time; a kernel only computes over the rows it is handed.
+
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, collect};
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+/// Rows handed to the next run of a plan.
+#[derive(Debug)]
+struct SwapInput {
+    schema: SchemaRef,
+    rows: Arc<Mutex<Vec<RecordBatch>>>,
+}
+
+impl PartitionStream for SwapInput {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let rows = std::mem::take(&mut *self.rows.lock().unwrap_or_else(|p| p.into_inner()));
+        let stream = futures::stream::iter(rows.into_iter().map(Ok));
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+    }
+}
+
+/// A planned query over one input table, re-run per micro-batch.
+pub struct Kernel {
+    ctx: SessionContext,
+    plan: Arc<dyn ExecutionPlan>,
+    rows: Arc<Mutex<Vec<RecordBatch>>>,
+    /// Schema of the query's output.
+    pub output_schema: SchemaRef,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel").field("output_schema", &self.output_schema).finish()
+    }
+}
+
+impl Kernel {
+    /// Plans `sql` over a table `table` with `schema`.
+    pub fn compile(table: &str, schema: SchemaRef, sql: &str) -> Result<Kernel> {
+        // One partition: parallelism comes from sharding keys, not from DataFusion (TECH-NOTES).
+        let config = SessionConfig::new()
+            .with_target_partitions(1)
+            .with_batch_size(8192);
+        let ctx = SessionContext::new_with_config(config);
+        let rows = Arc::new(Mutex::new(Vec::new()));
+        let input = Arc::new(SwapInput {
+            schema: schema.clone(),
+            rows: rows.clone(),
+        });
+        let table_provider = StreamingTable::try_new(schema, vec![input])?;
+        ctx.register_table(table, Arc::new(table_provider))?;
+        let plan = futures::executor::block_on(async {
+            let df = ctx.sql(sql).await?;
+            df.create_physical_plan().await
+        })?;
+        let output_schema = plan.schema();
+        Ok(Kernel {
+            ctx,
+            plan,
+            rows,
+            output_schema,
+        })
+    }
+
+    /// Runs the plan over `input` and returns its output rows.
+    pub fn run(&self, input: RecordBatch) -> Result<Vec<RecordBatch>> {
+        if input.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        *self.rows.lock().map_err(|_| {
+            DataFusionError::Internal("kernel input lock poisoned".into())
+        })? = vec![input];
+        let plan = reset_plan_states(self.plan.clone())?;
+        futures::executor::block_on(collect(plan, self.ctx.task_ctx()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, Int64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn a_plan_is_reused_over_new_rows() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let k = Kernel::compile(
+            "t",
+            schema.clone(),
+            "SELECT k, sum(v) AS s FROM t GROUP BY k ORDER BY k",
+        )
+        .expect("plan");
+        for (ks, vs, want) in [
+            (vec![1, 1, 2], vec![10, 5, 7], vec![(1, 15), (2, 7)]),
+            (vec![3, 3], vec![1, 2], vec![(3, 3)]),
+        ] {
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(ks)),
+                    Arc::new(Int64Array::from(vs)),
+                ],
+            )
+            .expect("batch");
+            let out = k.run(batch).expect("run");
+            let mut got = Vec::new();
+            for b in &out {
+                let kc = b.column(0).as_any().downcast_ref::<Int64Array>().expect("k");
+                let sc = b.column(1).as_any().downcast_ref::<Int64Array>().expect("s");
+                for i in 0..b.num_rows() {
+                    assert!(!kc.is_null(i));
+                    got.push((kc.value(i), sc.value(i)));
+                }
+            }
+            assert_eq!(got, want);
+        }
+    }
+}

@@ -1,0 +1,576 @@
+//! The engine: one micro-batch at a time, input bytes → decode and validate → effective time →
+//! identity resolution → dedup → watermark and reordering → operators → rules → outputs.
+//! Live runs and replays drive the same engine; only the clock and the source differ
+//! (`ClockMode`). Nothing here reads the system clock: callers pass `now`.
+
+pub mod kernel;
+pub mod output;
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::Pipeline;
+use crate::directory::Directory;
+use crate::event::{self, ApprovalType, Body, Channel, Kind, Millis, RejectReason};
+use crate::operators::assets::{AssetJoin, Exclusion};
+use crate::operators::cdi::PairAggregates;
+use crate::operators::sessions::Sessions;
+use crate::operators::{LazyTimers, Pair, Resolved, Touch, What};
+use crate::rules::{self, RuleSet, Stamp};
+use crate::telemetry as m;
+
+pub use output::{Alert, AlertStatus, Cdi, DeadLetter, DeadReason, Outputs, Session};
+
+/// Which clock stamps outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockMode {
+    /// `fired_at`, `resolved_at` and dead letters' `at` are the wall clock passed as `now`.
+    Live,
+    /// Event time only: outputs are stamped from effective times and the watermark, so that
+    /// the same input gives the same bytes.
+    Replay,
+}
+
+/// One input message.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    pub raw: &'a [u8],
+    /// When the message reached the pipeline's store (JetStream publish time); used as the
+    /// event's `received_at` when the event has none.
+    pub received_at: Option<Millis>,
+}
+
+/// An event waiting in the reorder buffer until the watermark reaches it.
+struct Waiting(Resolved);
+
+impl Waiting {
+    fn key(&self) -> (Millis, u8, &str) {
+        (self.0.t, self.0.what.rank(), &self.0.event_id)
+    }
+}
+impl PartialEq for Waiting {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Waiting {}
+impl PartialOrd for Waiting {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Waiting {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+/// Counts gathered during a batch and emitted as metrics once at its end.
+#[derive(Debug, Default)]
+struct BatchCounts {
+    events_in: [u64; 6],
+    late: [u64; 6],
+    dead: [u64; 6],
+    duplicates: u64,
+    unattributed_web: u64,
+    ignored_approvals: u64,
+    alerts_firing: u64,
+    alerts_resolved: u64,
+    sessions: u64,
+}
+
+/// Totals since start, for summaries (replay, bench).
+#[derive(Debug, Default, Clone)]
+pub struct Totals {
+    pub events_in: u64,
+    pub duplicates: u64,
+    pub late: u64,
+    pub dead_letters: u64,
+    pub unattributed_web_hits: u64,
+    pub alerts: u64,
+    pub sessions: u64,
+}
+
+pub struct Engine {
+    p: Arc<Pipeline>,
+    dir: Arc<Directory>,
+    mode: ClockMode,
+    max_seen: Option<Millis>,
+    w: Millis,
+    reorder: BinaryHeap<Reverse<Waiting>>,
+    dedup: HashSet<u64>,
+    dedup_timers: LazyTimers<u64>,
+    assets: AssetJoin,
+    sessions: Sessions,
+    pairs: PairAggregates,
+    rules: RuleSet,
+    touches: Vec<Touch>,
+    contract_codes: HashSet<String>,
+    counts: BatchCounts,
+    totals: Totals,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("watermark", &self.w)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+fn id_hash(id: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
+}
+
+fn kind_ix(k: Kind) -> usize {
+    k as usize
+}
+
+impl Engine {
+    pub fn new(p: Arc<Pipeline>, dir: Arc<Directory>, mode: ClockMode) -> anyhow::Result<Engine> {
+        let rules = rules::compile(&p).map_err(|problems| {
+            anyhow::Error::new(crate::config::ConfigErrors {
+                file: p.file.clone(),
+                problems,
+            })
+        })?;
+        let pairs = PairAggregates::new(&p.cdi).context("planning the CDI kernel")?;
+        Ok(Engine {
+            assets: AssetJoin::new(&p),
+            sessions: Sessions::new(p.gap_ms()),
+            contract_codes: p.contracts.process_codes.iter().cloned().collect(),
+            pairs,
+            rules,
+            p,
+            dir,
+            mode,
+            max_seen: None,
+            w: Millis::MIN,
+            reorder: BinaryHeap::new(),
+            dedup: HashSet::new(),
+            dedup_timers: LazyTimers::default(),
+            touches: Vec::new(),
+            counts: BatchCounts::default(),
+            totals: Totals::default(),
+        })
+    }
+
+    /// The watermark, once an event has been seen (or it was advanced).
+    pub fn watermark(&self) -> Option<Millis> {
+        (self.w != Millis::MIN).then_some(self.w)
+    }
+
+    /// Greatest effective time seen.
+    pub fn max_event_time(&self) -> Option<Millis> {
+        self.max_seen
+    }
+
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// The time that stamps dead letters: the wall clock live, event time in a replay.
+    fn clock(&self, now: Millis) -> Millis {
+        match self.mode {
+            ClockMode::Live => now,
+            ClockMode::Replay => self.max_seen.unwrap_or(0),
+        }
+    }
+
+    /// Processes one micro-batch of input messages, in arrival order.
+    pub fn process(&mut self, batch: &[Input<'_>], now: Millis) -> Outputs {
+        let mut out = Outputs::default();
+        for input in batch {
+            self.ingest(input, now, &mut out);
+        }
+        self.end_batch(now, &mut out);
+        out
+    }
+
+    /// Moves the watermark to `watermark` (never backwards) and fires what is due: idle
+    /// advancement in live runs, the end of a replay.
+    pub fn advance_to(&mut self, watermark: Millis, now: Millis) -> Outputs {
+        let mut out = Outputs::default();
+        if watermark > self.w {
+            self.advance(watermark, now, &mut out);
+        }
+        self.end_batch(now, &mut out);
+        out
+    }
+
+    /// Ends a replay (EVENTS.md §7): the watermark moves to the greatest effective time seen or
+    /// `until`, what is due fires, and hits still waiting for their send are dead-lettered.
+    pub fn finish(&mut self, until: Option<Millis>, now: Millis) -> Outputs {
+        let target = match (self.max_seen, until) {
+            (Some(a), Some(b)) => a.max(b),
+            (a, b) => a.or(b).unwrap_or(Millis::MIN),
+        };
+        let mut out = self.advance_to(target, now);
+        for hit in self.assets.drain_pending() {
+            let at = match self.mode {
+                ClockMode::Live => now,
+                ClockMode::Replay => self.w,
+            };
+            self.unknown_asset(hit, at, "its asset was never sent before the end of the input", &mut out);
+        }
+        self.emit_counts();
+        out
+    }
+
+    /// CDI of every pair with an event in the window, as of the watermark.
+    pub fn cdi(&self) -> Vec<Cdi> {
+        match self.watermark() {
+            Some(w) => self.pairs.all(w, &self.dir),
+            None => Vec::new(),
+        }
+    }
+
+    fn dead(&mut self, reason: DeadReason, error: String, raw: &[u8], at: Millis, out: &mut Outputs) {
+        self.counts.dead[reason as usize] += 1;
+        out.dead_letters.push(DeadLetter {
+            reason,
+            error,
+            raw: raw.to_vec(),
+            at,
+        });
+    }
+
+    fn unknown_asset(&mut self, hit: Resolved, at: Millis, why: &str, out: &mut Outputs) {
+        let asset = match &hit.what {
+            What::PixelHit { asset_id, .. } | What::WebHit { asset_id, .. } => asset_id.to_string(),
+            _ => String::new(),
+        };
+        let raw = hit.raw.unwrap_or_default();
+        self.dead(
+            DeadReason::UnknownAsset,
+            format!("asset `{asset}`: {why}"),
+            &raw,
+            at,
+            out,
+        );
+    }
+
+    fn ingest(&mut self, input: &Input<'_>, now: Millis, out: &mut Outputs) {
+        let clock = self.clock(now);
+        let mut ev = match event::decode(input.raw) {
+            Ok(ev) => ev,
+            Err(rej) => {
+                let reason = match rej.reason {
+                    RejectReason::InvalidJson => DeadReason::InvalidJson,
+                    RejectReason::SchemaViolation => DeadReason::SchemaViolation,
+                    RejectReason::Oversized => DeadReason::Oversized,
+                };
+                self.dead(reason, rej.error, input.raw, clock, out);
+                return;
+            }
+        };
+        if ev.received_at.is_none() {
+            ev.received_at = input.received_at;
+        }
+        let t = ev.effective_time();
+        let tolerance = self.p.time.future_tolerance_seconds * 1000;
+        if t > now.saturating_add(tolerance) {
+            let error = format!(
+                "effective time {} is more than {} s ahead of the pipeline clock {}",
+                event::format_time(t),
+                self.p.time.future_tolerance_seconds,
+                event::format_time(now)
+            );
+            self.dead(DeadReason::FutureTimestamp, error, input.raw, clock, out);
+            return;
+        }
+        let kind = ev.kind();
+        let what = match self.resolve(ev.body) {
+            Ok(Some(what)) => what,
+            Ok(None) => return,
+            Err(error) => {
+                self.dead(DeadReason::UnresolvedIdentity, error, input.raw, clock, out);
+                return;
+            }
+        };
+        let h = id_hash(&ev.event_id);
+        if !self.dedup.insert(h) {
+            self.counts.duplicates += 1;
+            return;
+        }
+        self.dedup_timers
+            .schedule(t + self.p.dedup.retention_seconds * 1000, h);
+        self.counts.events_in[kind_ix(kind)] += 1;
+        let late = t < self.w;
+        let keeps_raw = matches!(what, What::PixelHit { .. } | What::WebHit { .. });
+        let resolved = Resolved {
+            t,
+            event_id: ev.event_id.into_boxed_str(),
+            late,
+            what,
+            raw: keeps_raw.then(|| input.raw.into()),
+        };
+        if late {
+            self.counts.late[kind_ix(kind)] += 1;
+            self.apply(resolved, out);
+        } else {
+            self.reorder.push(Reverse(Waiting(resolved)));
+        }
+        if self.max_seen.is_none_or(|m| t > m) {
+            self.max_seen = Some(t);
+            let w = t - self.p.lateness_ms();
+            if w > self.w {
+                self.advance(w, now, out);
+            }
+        }
+    }
+
+    /// Resolves ids through the directory. Ok(None): accepted but names no pair.
+    fn resolve(&mut self, body: Body) -> Result<Option<What>, String> {
+        let dir = &*self.dir;
+        let rep = |id: &str| dir.rep(id).ok_or_else(|| format!("unknown rep_id `{id}`"));
+        let customer =
+            |id: &str| dir.customer(id).ok_or_else(|| format!("unknown customer_id `{id}`"));
+        Ok(Some(match body {
+            Body::CrmAction(a) => What::Action {
+                pair: Pair::new(rep(&a.rep_id)?, customer(&a.customer_id)?),
+                action: a.action,
+                channel: a.channel,
+                asset_id: a.asset_id.map(String::into_boxed_str),
+            },
+            Body::PixelHit(h) => What::PixelHit {
+                proxy: h.ua.as_deref().is_some_and(|ua| {
+                    self.p
+                        .opens
+                        .proxy_user_agents
+                        .iter()
+                        .any(|p| ua.contains(p.as_str()))
+                }),
+                asset_id: h.asset_id.into_boxed_str(),
+                hit: h.hit,
+                dwell_ms: h.dwell_ms,
+            },
+            Body::WebHit(h) => match h.utm_content {
+                Some(asset_id) => What::WebHit {
+                    product: h.path.starts_with(&self.p.web.product_path_prefix),
+                    asset_id: asset_id.into_boxed_str(),
+                },
+                None => {
+                    self.counts.unattributed_web += 1;
+                    return Ok(None);
+                }
+            },
+            Body::WecomPresence(p) => What::Presence {
+                customer: dir.customer_by_wecom(&p.external_userid).ok_or_else(|| {
+                    format!("unknown WeCom external_userid `{}`", p.external_userid)
+                })?,
+                online: p.status == event::Presence::Online,
+            },
+            Body::WecomMessage(msg) => What::Message {
+                pair: Pair::new(
+                    dir.rep_by_wecom(&msg.wecom_userid).ok_or_else(|| {
+                        format!("unknown WeCom wecom_userid `{}`", msg.wecom_userid)
+                    })?,
+                    dir.customer_by_wecom(&msg.external_userid).ok_or_else(|| {
+                        format!("unknown WeCom external_userid `{}`", msg.external_userid)
+                    })?,
+                ),
+                inbound: msg.direction == event::Direction::In,
+            },
+            Body::DingtalkApproval(a) => {
+                let rep = dir
+                    .rep_by_dingtalk(&a.staff_id)
+                    .ok_or_else(|| format!("unknown DingTalk staff_id `{}`", a.staff_id))?;
+                let Some(c) = a.customer_id else {
+                    // Names no customer: no pair, so no interaction and no contract event.
+                    self.counts.ignored_approvals += 1;
+                    return Ok(None);
+                };
+                What::Approval {
+                    pair: Pair::new(rep, customer(&c)?),
+                    contract: a.kind == ApprovalType::Start
+                        && self.contract_codes.contains(&a.process_code),
+                }
+            }
+        }))
+    }
+
+    /// Moves the watermark: releases waiting events in effective-time order, then fires the
+    /// operators' event-time timers.
+    fn advance(&mut self, w: Millis, now: Millis, out: &mut Outputs) {
+        self.w = w;
+        while self.reorder.peek().is_some_and(|Reverse(x)| x.0.t <= w) {
+            if let Some(Reverse(Waiting(ev))) = self.reorder.pop() {
+                self.apply(ev, out);
+            }
+        }
+        self.sessions.on_watermark(w, &self.dir, &mut out.sessions);
+        for hit in self.assets.on_watermark(w) {
+            let at = match self.mode {
+                ClockMode::Live => now,
+                ClockMode::Replay => hit.t + self.assets.pending_retention_ms(),
+            };
+            let days = self.assets.pending_retention_ms() as f64 / 86_400_000.0;
+            self.unknown_asset(hit, at, &format!("no send within {days} days"), out);
+        }
+        while let Some((_, h)) = self.dedup_timers.pop_due(w) {
+            self.dedup.remove(&h);
+        }
+    }
+
+    /// Applies one event to the operators (in effective-time order, or late).
+    fn apply(&mut self, ev: Resolved, out: &mut Outputs) {
+        let w = self.w;
+        let mut touches = std::mem::take(&mut self.touches);
+        let touch = |pair, channel, inbound| Touch {
+            pair,
+            t: ev.t,
+            late: ev.late,
+            channel,
+            counted_open: false,
+            inbound,
+            dwell_ms: None,
+        };
+        match &ev.what {
+            What::Action {
+                pair,
+                action,
+                channel,
+                asset_id,
+            } => {
+                touches.push(touch(*pair, *channel, None));
+                if let (true, Some(asset_id)) = (action.is_asset_send(), asset_id) {
+                    self.assets
+                        .on_send(&ev, *pair, *action, *channel, asset_id, w, &mut touches);
+                }
+                if *action == event::Action::ContractSent {
+                    self.assets.on_contract(&ev, *pair, w);
+                }
+            }
+            What::Approval { pair, contract } => {
+                touches.push(touch(*pair, None, None));
+                if *contract {
+                    self.assets.on_contract(&ev, *pair, w);
+                }
+            }
+            What::Presence { customer, online } => {
+                self.assets.on_presence(*customer, ev.t, *online);
+            }
+            What::Message { pair, inbound } => {
+                touches.push(touch(*pair, Some(Channel::Wechat), Some(*inbound)));
+            }
+            What::PixelHit { .. } | What::WebHit { .. } => {
+                self.assets.on_hit(ev, w, &mut touches);
+            }
+        }
+        for t in touches.drain(..) {
+            self.sessions.add(&t, &self.dir, &mut out.sessions);
+            self.pairs.add(&t);
+        }
+        self.touches = touches;
+    }
+
+    /// Ends a micro-batch: the CDI kernel reduces the batch's touches, rules run on changed
+    /// rows and due timers, metrics are emitted once.
+    fn end_batch(&mut self, now: Millis, out: &mut Outputs) {
+        let w = self.w;
+        if let Err(e) = self.pairs.flush(w) {
+            // A kernel failure is a bug, not bad input: make it loud but keep running.
+            tracing::error!(error = %e, "CDI kernel failed");
+        }
+        let dirty = self.assets.take_dirty();
+        let stamp = Stamp {
+            now: (self.mode == ClockMode::Live).then_some(now),
+            watermark: w,
+        };
+        if let Err(e) = self
+            .rules
+            .evaluate(dirty, &mut self.assets, &self.dir, stamp, &mut out.alerts)
+        {
+            tracing::error!(error = %e, "rule evaluation failed");
+        }
+        for a in &out.alerts {
+            match a.status {
+                AlertStatus::Firing => self.counts.alerts_firing += 1,
+                AlertStatus::Resolved => self.counts.alerts_resolved += 1,
+            }
+        }
+        self.counts.sessions += out.sessions.len() as u64;
+        self.emit_counts();
+    }
+
+    fn emit_counts(&mut self) {
+        let c = std::mem::take(&mut self.counts);
+        for k in Kind::ALL {
+            let (n, late) = (c.events_in[kind_ix(k)], c.late[kind_ix(k)]);
+            if n > 0 {
+                metrics::counter!(m::EVENTS_IN, "kind" => k.as_str()).increment(n);
+            }
+            if late > 0 {
+                metrics::counter!(m::LATE_EVENTS, "kind" => k.as_str()).increment(late);
+            }
+            self.totals.events_in += n;
+            self.totals.late += late;
+        }
+        for r in DeadReason::ALL {
+            let n = c.dead[r as usize];
+            if n > 0 {
+                metrics::counter!(m::DEAD_LETTERS, "reason" => r.as_str()).increment(n);
+                self.totals.dead_letters += n;
+            }
+        }
+        let a = std::mem::take(&mut self.assets.counters);
+        metrics::counter!(m::COUNTED_OPENS).increment(a.counted_opens);
+        for e in Exclusion::ALL {
+            let n = a.excluded[e as usize];
+            if n > 0 {
+                metrics::counter!(m::EXCLUDED_OPENS, "cause" => e.as_str()).increment(n);
+            }
+        }
+        if c.duplicates > 0 {
+            metrics::counter!(m::DUPLICATES).increment(c.duplicates);
+        }
+        if c.unattributed_web > 0 {
+            metrics::counter!(m::UNATTRIBUTED_WEB_HITS).increment(c.unattributed_web);
+        }
+        if c.ignored_approvals > 0 {
+            metrics::counter!(m::IGNORED_EVENTS, "cause" => "approval_without_customer")
+                .increment(c.ignored_approvals);
+        }
+        let late_sessions = std::mem::take(&mut self.sessions.late_dropped);
+        if late_sessions > 0 {
+            metrics::counter!(m::IGNORED_EVENTS, "cause" => "late_for_emitted_session")
+                .increment(late_sessions);
+        }
+        if c.sessions > 0 {
+            metrics::counter!(m::SESSIONS).increment(c.sessions);
+        }
+        if c.alerts_firing > 0 {
+            metrics::counter!(m::ALERTS, "status" => "firing").increment(c.alerts_firing);
+        }
+        if c.alerts_resolved > 0 {
+            metrics::counter!(m::ALERTS, "status" => "resolved").increment(c.alerts_resolved);
+        }
+        self.totals.duplicates += c.duplicates;
+        self.totals.unattributed_web_hits += c.unattributed_web;
+        self.totals.alerts += c.alerts_firing + c.alerts_resolved;
+        self.totals.sessions += c.sessions;
+        if let Some(w) = self.watermark() {
+            metrics::gauge!(m::WATERMARK_SECONDS).set(w as f64 / 1000.0);
+        }
+    }
+
+    /// Updates the state-size gauges.
+    pub fn emit_state_metrics(&self) {
+        for (name, n) in self.assets.sizes() {
+            metrics::gauge!(m::STATE_ENTRIES, "state" => name).set(n as f64);
+        }
+        metrics::gauge!(m::STATE_ENTRIES, "state" => "session_pairs").set(self.sessions.len() as f64);
+        metrics::gauge!(m::STATE_ENTRIES, "state" => "cdi_pairs").set(self.pairs.len() as f64);
+        metrics::gauge!(m::STATE_ENTRIES, "state" => "reorder").set(self.reorder.len() as f64);
+        metrics::gauge!(m::STATE_ENTRIES, "state" => "dedup").set(self.dedup.len() as f64);
+        metrics::gauge!(m::STATE_ENTRIES, "state" => "rule_timers").set(self.rules.timers() as f64);
+    }
+}

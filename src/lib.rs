@@ -1,0 +1,30 @@
+//! touchstream: real-time sales-behaviour telemetry.
+//!
+//! A tour, in the direction the data flows:
+//! - [`event`]: the input contract (EVENTS.md): kinds, strict decoding, time forms.
+//! - [`config`]: the pipeline file, validated with every problem located.
+//! - [`directory`]: reps, customers, regions; WeCom/DingTalk ids to pairs.
+//! - [`engine`]: micro-batches through dedup, effective time, watermark and reordering into
+//!   the [`operators`] (asset join, sessions, CDI aggregates), then [`rules`] (SQL over
+//!   operator tables, via DataFusion), producing alerts, sessions, CDI and dead letters.
+//! - [`replay`]: the engine over a file, event time only. [`live`]: the engine on NATS
+//!   JetStream ([`source`], [`sinks`]), with `/metrics` ([`telemetry`]).
+//! - [`gen`]: a seeded workload generator for tests, benches and the demo.
+
+pub mod config;
+pub mod directory;
+pub mod engine;
+pub mod event;
+pub mod r#gen;
+pub mod operators;
+pub mod replay;
+pub mod rules;
+pub mod telemetry;
+
+/// Wall-clock milliseconds: the only read of the system clock, for the CLI and live loops.
+pub fn wall_clock_ms() -> event::Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as event::Millis)
+        .unwrap_or(0)
+}

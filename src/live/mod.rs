@@ -1,0 +1,115 @@
+//! The live side of touchstream: `run` (the engine between a JetStream input and JetStream
+//! outputs, restart-safe), `demo` (a private server, a generated workload, alerts printed as a
+//! manager reads them) and the private nats-server launcher the demo and the tests share.
+
+mod checkpoint;
+pub mod demo;
+pub mod nats_server;
+pub mod run;
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+pub use checkpoint::{BUCKET as STATE_BUCKET, State as CheckpointState};
+pub use demo::{DemoArgs, demo, publish_lines};
+pub use run::{RunArgs, run};
+
+/// Connects to NATS the way a long-running service should: keep trying when the server is not
+/// up yet, reconnect forever when it goes away.
+pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name("touchstream")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("nats: connected"),
+                async_nats::Event::Disconnected => tracing::warn!("nats: disconnected"),
+                other => tracing::debug!("nats: {other}"),
+            }
+        })
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting to {url}"))
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM: the `shutdown` future `main` hands to `run`.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A stop request shared by the tasks of a run: set once, remembered with its time so that
+/// retries can give up some time after it.
+#[derive(Clone)]
+pub struct Stop {
+    tx: Arc<watch::Sender<bool>>,
+    at: Arc<OnceLock<Instant>>,
+}
+
+impl Default for Stop {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stop {
+    pub fn new() -> Self {
+        Stop {
+            tx: Arc::new(watch::Sender::new(false)),
+            at: Arc::new(OnceLock::new()),
+        }
+    }
+
+    pub fn request(&self) {
+        let _ = self.at.set(Instant::now());
+        self.tx.send_replace(true);
+    }
+
+    pub fn requested(&self) -> bool {
+        self.at.get().is_some()
+    }
+
+    /// Whether the stop was requested more than `grace` ago.
+    pub fn overdue(&self, grace: Duration) -> bool {
+        self.at.get().is_some_and(|t| t.elapsed() > grace)
+    }
+
+    /// Resolves once a stop is requested.
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.tx.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
+
+    /// Sleeps for `d`, or less when a stop is requested meanwhile.
+    pub async fn sleep(&self, d: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = self.wait() => {}
+        }
+    }
+}

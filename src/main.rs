@@ -1,0 +1,108 @@
+//! The touchstream command line: run | replay | demo | gen | validate.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use touchstream::{config::Pipeline, replay, rules, wall_clock_ms};
+
+#[derive(Parser)]
+#[command(name = "touchstream", version, about = "Real-time sales-behaviour telemetry on NATS JetStream and DataFusion")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay a JSONL file through the engine, event time only (EVENTS.md §9).
+    Replay(replay::ReplayArgs),
+    /// Check a pipeline file and report every problem with its location.
+    Validate {
+        /// Pipeline file(s).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Generate a seeded workload: events.jsonl and directory/*.csv.
+    Gen {
+        #[command(flatten)]
+        args: touchstream::r#gen::GenArgs,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn validate(files: &[PathBuf]) -> bool {
+    let mut ok = true;
+    for f in files {
+        match Pipeline::load(f) {
+            Err(e) => {
+                eprintln!("{e}");
+                ok = false;
+            }
+            Ok(p) => {
+                let mut problems = rules::compile(&p).err().unwrap_or_default();
+                let dir = p.directory_path();
+                if let Err(e) = touchstream::directory::Directory::load(&dir) {
+                    problems.push(touchstream::config::Problem {
+                        path: "directory.path".into(),
+                        line: None,
+                        message: format!("{e:#}"),
+                    });
+                }
+                if problems.is_empty() {
+                    println!("{}: ok ({} rule(s))", f.display(), p.rules.len());
+                } else {
+                    eprintln!(
+                        "{}",
+                        touchstream::config::ConfigErrors {
+                            file: f.clone(),
+                            problems
+                        }
+                    );
+                    ok = false;
+                }
+            }
+        }
+    }
+    ok
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Replay(args) => replay::replay(&args, wall_clock_ms()).map(|t| {
+            eprintln!(
+                "replay: {} events in, {} duplicates, {} late, {} dead letters, {} alert records, {} sessions -> {}",
+                t.events_in, t.duplicates, t.late, t.dead_letters, t.alerts, t.sessions,
+                args.out.display()
+            );
+        }),
+        Command::Validate { files } => {
+            return if validate(&files) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            };
+        }
+        Command::Gen { args, out } => touchstream::r#gen::generate(&args)
+            .and_then(|w| w.write_to(&out))
+            .map(|()| eprintln!("wrote {}", out.display())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

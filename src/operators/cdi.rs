@@ -1,0 +1,245 @@
+//! Pair aggregates behind the Customer Depth Index (EVENTS.md §6). Each micro-batch's touches
+//! are reduced by a DataFusion kernel to partial aggregates per (pair, time bucket); the operator
+//! merges them into per-pair buckets, expires buckets that left the trailing window, and
+//! computes breadth, depth, density and the band on demand.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayBuilder, AsArray, Int64Builder, UInt64Builder};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::error::Result;
+
+use crate::config::CdiSection;
+use crate::directory::Directory;
+use crate::engine::kernel::Kernel;
+use crate::engine::output::Cdi;
+use crate::event::Millis;
+
+use super::{LazyTimers, Pair, Touch, channel_bit};
+
+/// Resolution of the CDI state: the window's edge is exact to one bucket (README "Choices").
+pub const BUCKET_MS: Millis = 60_000;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Bucket {
+    start: Millis,
+    channels: u8,
+    events: u64,
+    messages_in: u64,
+    messages_out: u64,
+    dwell_sum: u64,
+    dwell_count: u64,
+}
+
+const PARTIAL_SQL: &str = "SELECT pair, bucket, bit_or(channels) AS channels, sum(events) AS events, \
+     sum(messages_in) AS messages_in, sum(messages_out) AS messages_out, \
+     sum(dwell_sum) AS dwell_sum, sum(dwell_count) AS dwell_count \
+     FROM touches GROUP BY pair, bucket";
+
+pub struct PairAggregates {
+    window_ms: Millis,
+    cfg: CdiSection,
+    kernel: Kernel,
+    schema: SchemaRef,
+    pairs: HashMap<Pair, Vec<Bucket>>,
+    timers: LazyTimers<Pair>,
+    // Rows of the current micro-batch, one per touch.
+    pair_col: UInt64Builder,
+    bucket_col: Int64Builder,
+    channels_col: Int64Builder,
+    events_col: Int64Builder,
+    in_col: Int64Builder,
+    out_col: Int64Builder,
+    dwell_col: Int64Builder,
+    dwell_n_col: Int64Builder,
+}
+
+impl std::fmt::Debug for PairAggregates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PairAggregates")
+            .field("pairs", &self.pairs.len())
+            .finish()
+    }
+}
+
+impl PairAggregates {
+    pub fn new(cfg: &CdiSection) -> Result<Self> {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("pair", DataType::UInt64, false),
+            Field::new("bucket", DataType::Int64, false),
+            Field::new("channels", DataType::Int64, false),
+            Field::new("events", DataType::Int64, false),
+            Field::new("messages_in", DataType::Int64, false),
+            Field::new("messages_out", DataType::Int64, false),
+            Field::new("dwell_sum", DataType::Int64, false),
+            Field::new("dwell_count", DataType::Int64, false),
+        ]));
+        let kernel = Kernel::compile("touches", schema.clone(), PARTIAL_SQL)?;
+        Ok(PairAggregates {
+            window_ms: cfg.window_days * 86_400_000,
+            cfg: cfg.clone(),
+            kernel,
+            schema,
+            pairs: HashMap::new(),
+            timers: LazyTimers::default(),
+            pair_col: UInt64Builder::new(),
+            bucket_col: Int64Builder::new(),
+            channels_col: Int64Builder::new(),
+            events_col: Int64Builder::new(),
+            in_col: Int64Builder::new(),
+            out_col: Int64Builder::new(),
+            dwell_col: Int64Builder::new(),
+            dwell_n_col: Int64Builder::new(),
+        })
+    }
+
+    /// Buffers one touch for the current micro-batch.
+    pub fn add(&mut self, touch: &Touch) {
+        self.pair_col.append_value(touch.pair.0);
+        self.bucket_col
+            .append_value(touch.t.div_euclid(BUCKET_MS) * BUCKET_MS);
+        self.channels_col
+            .append_value(touch.channel.map_or(0, |c| channel_bit(c) as i64));
+        self.events_col.append_value(1);
+        self.in_col.append_value((touch.inbound == Some(true)) as i64);
+        self.out_col.append_value((touch.inbound == Some(false)) as i64);
+        self.dwell_col
+            .append_value(touch.dwell_ms.unwrap_or(0).min(i64::MAX as u64) as i64);
+        self.dwell_n_col.append_value(touch.dwell_ms.is_some() as i64);
+    }
+
+    /// Reduces the buffered touches with the kernel and merges them into pair state; then
+    /// drops buckets that left the window as of `w`.
+    pub fn flush(&mut self, w: Millis) -> Result<()> {
+        if self.pair_col.len() > 0 {
+            let columns: Vec<Arc<dyn Array>> = vec![
+                Arc::new(self.pair_col.finish()),
+                Arc::new(self.bucket_col.finish()),
+                Arc::new(self.channels_col.finish()),
+                Arc::new(self.events_col.finish()),
+                Arc::new(self.in_col.finish()),
+                Arc::new(self.out_col.finish()),
+                Arc::new(self.dwell_col.finish()),
+                Arc::new(self.dwell_n_col.finish()),
+            ];
+            let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
+            for out in self.kernel.run(batch)? {
+                self.merge(&out);
+            }
+        }
+        self.expire(w);
+        Ok(())
+    }
+
+    fn merge(&mut self, out: &RecordBatch) {
+        let pair = out.column(0).as_primitive::<UInt64Type>();
+        let bucket = out.column(1).as_primitive::<Int64Type>();
+        let cols: Vec<_> = (2..8).map(|i| out.column(i).as_primitive::<Int64Type>()).collect();
+        let val = |c: usize, i: usize| -> u64 { cols[c].value(i).max(0) as u64 };
+        for i in 0..out.num_rows() {
+            let p = Pair(pair.value(i));
+            let b = Bucket {
+                start: bucket.value(i),
+                channels: val(0, i) as u8,
+                events: val(1, i),
+                messages_in: val(2, i),
+                messages_out: val(3, i),
+                dwell_sum: val(4, i),
+                dwell_count: val(5, i),
+            };
+            let buckets = self.pairs.entry(p).or_default();
+            match buckets.binary_search_by_key(&b.start, |x| x.start) {
+                Ok(j) => {
+                    let x = &mut buckets[j];
+                    x.channels |= b.channels;
+                    x.events += b.events;
+                    x.messages_in += b.messages_in;
+                    x.messages_out += b.messages_out;
+                    x.dwell_sum += b.dwell_sum;
+                    x.dwell_count += b.dwell_count;
+                }
+                Err(j) => {
+                    buckets.insert(j, b);
+                    if j + 1 == buckets.len() {
+                        self.timers.schedule(b.start + self.window_ms + BUCKET_MS, p);
+                    }
+                }
+            }
+        }
+    }
+
+    fn expire(&mut self, w: Millis) {
+        let cut = w - self.window_ms;
+        while let Some((_, p)) = self.timers.pop_due(w) {
+            if let Some(buckets) = self.pairs.get_mut(&p) {
+                buckets.retain(|b| b.start >= cut);
+                if buckets.is_empty() {
+                    self.pairs.remove(&p);
+                }
+            }
+        }
+    }
+
+    /// The CDI of one pair as of `as_of`, if it has an event in the window.
+    pub fn cdi_of(&self, pair: Pair, as_of: Millis, dir: &Directory) -> Option<Cdi> {
+        let cut = as_of - self.window_ms;
+        let mut sum = Bucket::default();
+        for b in self.pairs.get(&pair)?.iter().filter(|b| b.start >= cut && b.start <= as_of) {
+            sum.channels |= b.channels;
+            sum.events += b.events;
+            sum.messages_in += b.messages_in;
+            sum.messages_out += b.messages_out;
+            sum.dwell_sum += b.dwell_sum;
+            sum.dwell_count += b.dwell_count;
+        }
+        if sum.events == 0 {
+            return None;
+        }
+        let breadth = sum.channels.count_ones();
+        let depth = (sum.dwell_count > 0
+            && sum.dwell_sum as f64 / sum.dwell_count as f64 > self.cfg.dwell_benchmark_ms as f64)
+            as u32;
+        let density = (sum.messages_in > 0
+            && sum.messages_in as f64 > self.cfg.density_ratio * sum.messages_out as f64)
+            as u32;
+        let cdi = breadth + depth + density;
+        let band = if cdi as f64 >= self.cfg.band_high_min {
+            "high"
+        } else if (cdi as f64) < self.cfg.band_low_below {
+            "low"
+        } else {
+            "mid"
+        };
+        Some(Cdi {
+            rep_id: dir.rep_id(pair.rep()).to_string(),
+            customer_id: dir.customer_id(pair.customer()).to_string(),
+            breadth,
+            depth,
+            density,
+            cdi,
+            band,
+            as_of,
+        })
+    }
+
+    /// CDI of every pair with an event in the window as of `as_of`, sorted by rep and customer id.
+    pub fn all(&self, as_of: Millis, dir: &Directory) -> Vec<Cdi> {
+        let mut out: Vec<Cdi> = self
+            .pairs
+            .keys()
+            .filter_map(|p| self.cdi_of(*p, as_of, dir))
+            .collect();
+        out.sort_by(|a, b| (&a.rep_id, &a.customer_id).cmp(&(&b.rep_id, &b.customer_id)));
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+}

@@ -1,0 +1,156 @@
+//! Gap sessions per pair (EVENTS.md §4): a pair's touches in effective-time order, split where
+//! two consecutive touches are more than the gap apart. A session is emitted once the watermark
+//! passes `end + gap`, when no on-time event can extend it any more.
+
+use std::collections::HashMap;
+
+use crate::directory::Directory;
+use crate::engine::output::Session;
+use crate::event::Millis;
+
+use super::{LazyTimers, Pair, Touch, channel_bit, channel_names};
+
+#[derive(Debug, Clone)]
+struct Open {
+    start: Millis,
+    end: Millis,
+    count: u64,
+    channels: u8,
+    opens: u64,
+    messages_in: u64,
+    messages_out: u64,
+}
+
+impl Open {
+    fn new(t: Millis) -> Self {
+        Open {
+            start: t,
+            end: t,
+            count: 0,
+            channels: 0,
+            opens: 0,
+            messages_in: 0,
+            messages_out: 0,
+        }
+    }
+
+    fn add(&mut self, touch: &Touch) {
+        self.start = self.start.min(touch.t);
+        self.end = self.end.max(touch.t);
+        self.count += 1;
+        if let Some(c) = touch.channel {
+            self.channels |= channel_bit(c);
+        }
+        self.opens += touch.counted_open as u64;
+        match touch.inbound {
+            Some(true) => self.messages_in += 1,
+            Some(false) => self.messages_out += 1,
+            None => {}
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct PairSessions {
+    open: Option<Open>,
+    /// End of the last emitted session: a late touch at or before `last_end + gap` belongs to
+    /// an emitted session and cannot change it.
+    last_end: Option<Millis>,
+}
+
+#[derive(Debug)]
+pub struct Sessions {
+    gap_ms: Millis,
+    pairs: HashMap<Pair, PairSessions>,
+    timers: LazyTimers<Pair>,
+    /// Late touches that fell into an already emitted session.
+    pub late_dropped: u64,
+}
+
+impl Sessions {
+    pub fn new(gap_ms: Millis) -> Self {
+        Sessions {
+            gap_ms,
+            pairs: HashMap::new(),
+            timers: LazyTimers::default(),
+            late_dropped: 0,
+        }
+    }
+
+    pub fn add(&mut self, touch: &Touch, dir: &Directory, out: &mut Vec<Session>) {
+        let gap = self.gap_ms;
+        let p = self.pairs.entry(touch.pair).or_default();
+        if let Some(open) = &mut p.open {
+            if touch.t >= open.start - gap && touch.t <= open.end + gap {
+                let old_end = open.end;
+                open.add(touch);
+                if open.end != old_end {
+                    self.timers.schedule(open.end + gap + 1, touch.pair);
+                }
+                return;
+            }
+            if touch.t > open.end + gap {
+                // In effective-time order the next session starts: close this one now.
+                let done = p.open.take();
+                if let Some(done) = done {
+                    p.last_end = Some(done.end);
+                    out.push(record(touch.pair, &done, dir));
+                }
+            } else {
+                // Late, and earlier than the open session by more than the gap.
+                self.late_dropped += 1;
+                return;
+            }
+        }
+        if p.last_end.is_some_and(|e| touch.t <= e + gap) {
+            self.late_dropped += 1;
+            return;
+        }
+        let mut open = Open::new(touch.t);
+        open.add(touch);
+        self.timers.schedule(open.end + gap + 1, touch.pair);
+        p.open = Some(open);
+    }
+
+    /// Emits the sessions the watermark `w` has passed (`w > end + gap`).
+    pub fn on_watermark(&mut self, w: Millis, dir: &Directory, out: &mut Vec<Session>) {
+        let gap = self.gap_ms;
+        while let Some((_, pair)) = self.timers.pop_due(w) {
+            let Some(p) = self.pairs.get_mut(&pair) else {
+                continue;
+            };
+            if p.open.as_ref().is_some_and(|o| w > o.end + gap)
+                && let Some(done) = p.open.take()
+            {
+                p.last_end = Some(done.end);
+                out.push(record(pair, &done, dir));
+                // Forget the pair once no late touch could still matter to it.
+                self.timers.schedule(done.end + 2 * gap + 1, pair);
+            } else if p.open.is_none() && p.last_end.is_some_and(|e| w > e + 2 * gap) {
+                self.pairs.remove(&pair);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+}
+
+fn record(pair: Pair, s: &Open, dir: &Directory) -> Session {
+    Session {
+        rep_id: dir.rep_id(pair.rep()).to_string(),
+        customer_id: dir.customer_id(pair.customer()).to_string(),
+        start: s.start,
+        end: s.end,
+        event_count: s.count,
+        channels: channel_names(s.channels),
+        opens: s.opens,
+        messages_in: s.messages_in,
+        messages_out: s.messages_out,
+    }
+}

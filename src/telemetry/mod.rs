@@ -1,0 +1,51 @@
+//! Every metric touchstream exports is named here, once (Vector's instrumentation spec style):
+//! `touchstream_<noun>_<unit>[_total]`, bounded labels only (kind, reason, cause, rule, status,
+//! outcome, stream) and never a customer id. `exporter` serves them on `/metrics`.
+
+/// Input events accepted by the decoder, label `kind`.
+pub const EVENTS_IN: &str = "touchstream_events_in_total";
+/// Dead letters written, label `reason`.
+pub const DEAD_LETTERS: &str = "touchstream_dead_letters_total";
+/// Events dropped because their `event_id` was seen before.
+pub const DUPLICATES: &str = "touchstream_duplicate_events_total";
+/// Events whose effective time was behind the watermark on arrival, label `kind`.
+pub const LATE_EVENTS: &str = "touchstream_late_events_total";
+/// Opens excluded from the counted opens, label `cause` (prefetch, proxy, reload, before_send).
+pub const EXCLUDED_OPENS: &str = "touchstream_excluded_opens_total";
+/// Counted opens.
+pub const COUNTED_OPENS: &str = "touchstream_counted_opens_total";
+/// Web hits without `utm_content` (campaign metrics only, no pair).
+pub const UNATTRIBUTED_WEB_HITS: &str = "touchstream_unattributed_web_hits_total";
+/// Events that name no pair and are otherwise ignored, label `cause`.
+pub const IGNORED_EVENTS: &str = "touchstream_ignored_events_total";
+/// Alerts published, labels `rule`, `status`.
+pub const ALERTS: &str = "touchstream_alerts_total";
+/// Sessions emitted.
+pub const SESSIONS: &str = "touchstream_sessions_total";
+/// Current watermark, epoch seconds.
+pub const WATERMARK_SECONDS: &str = "touchstream_watermark_seconds";
+/// Wall clock minus watermark, seconds (live runs).
+pub const WATERMARK_LAG_SECONDS: &str = "touchstream_watermark_lag_seconds";
+/// Time to process one micro-batch, seconds (histogram).
+pub const BATCH_DURATION_SECONDS: &str = "touchstream_batch_duration_seconds";
+/// Events per micro-batch (histogram).
+pub const BATCH_EVENTS: &str = "touchstream_batch_events";
+/// Wall-clock delay from an alert's `due_at` to its publish, seconds (histogram).
+pub const ALERT_LATENCY_SECONDS: &str = "touchstream_alert_latency_seconds";
+/// Keyed state held by the operators, label `state` (assets, pending_hits, pairs, sessions, timers, dedup).
+pub const STATE_ENTRIES: &str = "touchstream_state_entries";
+/// Input messages acknowledged to JetStream.
+pub const ACKED: &str = "touchstream_input_acked_total";
+/// Publishes to JetStream that failed and were retried, label `stream`.
+pub const PUBLISH_RETRIES: &str = "touchstream_publish_retries_total";
+
+/// Histogram buckets (seconds) for batch duration.
+pub const BATCH_DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Histogram buckets (seconds) for alert latency: seconds in practice, two hours at worst.
+pub const ALERT_LATENCY_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
+];
+/// Histogram buckets for events per batch.
+pub const BATCH_EVENTS_BUCKETS: &[f64] = &[1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0];
