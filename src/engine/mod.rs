@@ -314,6 +314,9 @@ impl Engine {
         };
         if late {
             self.counts.late[kind_ix(kind)] += 1;
+            if self.assets.awaits_decision(&resolved.what, self.w) {
+                self.decide(now, out);
+            }
             self.apply(resolved, out);
         } else {
             self.reorder.push(Reverse(Waiting(resolved)));
@@ -480,17 +483,7 @@ impl Engine {
             // A kernel failure is a bug, not bad input: make it loud but keep running.
             tracing::error!(error = %e, "CDI kernel failed");
         }
-        let dirty = self.assets.take_dirty();
-        let stamp = Stamp {
-            now: (self.mode == ClockMode::Live).then_some(now),
-            watermark: w,
-        };
-        if let Err(e) = self
-            .rules
-            .evaluate(dirty, &mut self.assets, &self.dir, stamp, &mut out.alerts)
-        {
-            tracing::error!(error = %e, "rule evaluation failed");
-        }
+        self.decide(now, out);
         for a in &out.alerts {
             match a.status {
                 AlertStatus::Firing => self.counts.alerts_firing += 1,
@@ -499,6 +492,21 @@ impl Engine {
         }
         self.counts.sessions += out.sessions.len() as u64;
         self.emit_counts();
+    }
+
+    /// Runs the rules on changed rows and on rows whose timer the watermark reached.
+    fn decide(&mut self, now: Millis, out: &mut Outputs) {
+        let dirty = self.assets.take_dirty();
+        let stamp = Stamp {
+            now: (self.mode == ClockMode::Live).then_some(now),
+            watermark: self.w,
+        };
+        if let Err(e) = self
+            .rules
+            .evaluate(dirty, &mut self.assets, &self.dir, stamp, &mut out.alerts)
+        {
+            tracing::error!(error = %e, "rule evaluation failed");
+        }
     }
 
     fn emit_counts(&mut self) {

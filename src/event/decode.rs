@@ -457,8 +457,8 @@ impl Check {
 
 /// Decodes and validates one input event (EVENTS.md §1–2).
 ///
-/// `Oversized` when `raw` is longer than `MAX_EVENT_BYTES`; `InvalidJson` when it is not one
-/// JSON object (syntax error, another JSON type, trailing data); `SchemaViolation` for anything
+/// `Oversized` when `raw` is longer than `MAX_EVENT_BYTES`; `InvalidJson` when it is not
+/// well-formed JSON (syntax error, trailing data); `SchemaViolation` for anything
 /// else the contract forbids, with a message that names the kind and the field.
 ///
 /// Where EVENTS.md leaves room, decoder and `schemas/` both read it so:
@@ -487,7 +487,17 @@ pub fn decode(raw: &[u8]) -> Result<Event, Rejection> {
         .iter()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
     if first != Some(&b'{') {
-        return Err(invalid_json("an event must be a JSON object".to_owned()));
+        // Well-formed JSON of another type breaks the schema (`type: object`); anything else is
+        // not JSON at all.
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
+                Ok(_) => Rejection {
+                    reason: RejectReason::SchemaViolation,
+                    error: "event: must be a JSON object".to_owned(),
+                },
+                Err(_) => invalid_json("an event must be a JSON object".to_owned()),
+            },
+        );
     }
     let mut r: Raw<'_> = serde_json::from_slice(raw).map_err(|e| serde_rejection(raw, &e))?;
 
@@ -629,11 +639,7 @@ fn web_hit(check: &Check, r: &mut Raw<'_>) -> Checked<WebHit> {
             show_str(&url)
         )));
     };
-    // The first `utm_content` wins; an empty one attributes nothing (EVENTS.md §2).
-    let utm_content = parsed
-        .query_pairs()
-        .find(|(k, _)| k == "utm_content")
-        .and_then(|(_, v)| (!v.is_empty()).then(|| v.into_owned()));
+    let utm_content = parsed.query().and_then(utm_content);
     Ok(WebHit {
         path: parsed.path().to_owned(),
         utm_content,
@@ -641,6 +647,25 @@ fn web_hit(check: &Check, r: &mut Raw<'_>) -> Checked<WebHit> {
         referrer: check.opt_string("referrer", r.referrer.take())?,
         visitor_id: check.opt_string("visitor_id", r.visitor_id.take())?,
     })
+}
+
+/// The first `utm_content` parameter of a query, form-decoded like `Url::query_pairs`; an empty
+/// one attributes nothing (EVENTS.md §2). Only pairs whose raw key could decode to
+/// `utm_content` are decoded, which saves most of the work on long campaign queries.
+fn utm_content(query: &str) -> Option<String> {
+    const KEY: &str = "utm_content";
+    for pair in query.split('&') {
+        let raw_key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        if raw_key != KEY && !(raw_key.contains(['%', '+']) && raw_key.len() >= KEY.len()) {
+            continue;
+        }
+        if let Some((key, value)) = url::form_urlencoded::parse(pair.as_bytes()).next()
+            && key == KEY
+        {
+            return (!value.is_empty()).then(|| value.into_owned());
+        }
+    }
+    None
 }
 
 fn dingtalk_approval(check: &Check, r: &mut Raw<'_>) -> Checked<DingtalkApproval> {
@@ -869,21 +894,24 @@ fn is_http_url(s: &str) -> bool {
         }
         rest = &after_colon[port_end..];
     }
-    let forbidden = |c: &u8| *c <= b' ' || *c == 0x7f || *c == b'\\';
-    // Path up to `?`/`#`, query up to `#`, fragment to the end (no second `#`).
-    let (path_query, fragment) = match rest.iter().position(|c| *c == b'#') {
-        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-        None => (rest, None),
-    };
-    if let Some(fragment) = fragment
-        && fragment.iter().any(|c| forbidden(c) || *c == b'#')
-    {
+    // Path up to `?`/`#`, query up to `#`, fragment to the end: one pass, no spaces, control
+    // characters or backslashes anywhere, and no second `#`.
+    if !matches!(rest.first(), None | Some(b'/' | b'?' | b'#')) {
         return false;
     }
-    if !path_query.is_empty() && !matches!(path_query[0], b'/' | b'?') {
-        return false;
+    let mut in_fragment = false;
+    for &c in rest {
+        if c <= b' ' || c == 0x7f || c == b'\\' {
+            return false;
+        }
+        if c == b'#' {
+            if in_fragment {
+                return false;
+            }
+            in_fragment = true;
+        }
     }
-    !path_query.iter().any(forbidden)
+    true
 }
 
 fn is_host(h: &[u8]) -> bool {
@@ -1068,6 +1096,28 @@ mod tests {
         };
         assert_eq!(w.utm_content, None, "empty utm_content attributes nothing");
         assert_eq!(w.path, "/");
+    }
+
+    #[test]
+    fn utm_content_reads_like_query_pairs() {
+        for (query, expected) in [
+            ("utm_content=Q1", Some("Q1")),
+            ("a=1&utm_content=Q%201&utm_content=Q2", Some("Q 1")),
+            ("utm%5Fcontent=Q3", Some("Q3")),
+            ("utm_content+=Q4&utm_content=Q5", Some("Q5")),
+            ("utm_content=a+b%2Bc", Some("a b+c")),
+            ("utm_content=&utm_content=Q6", None),
+            ("utm_content", None),
+            ("&&utm_contents=Q7", None),
+            ("", None),
+        ] {
+            assert_eq!(utm_content(query).as_deref(), expected, "{query}");
+            // The reference: the `url` crate's own pair decoding.
+            let reference = url::form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == "utm_content")
+                .and_then(|(_, v)| (!v.is_empty()).then(|| v.into_owned()));
+            assert_eq!(reference.as_deref(), expected, "{query}");
+        }
     }
 
     #[test]

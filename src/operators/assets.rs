@@ -58,6 +58,8 @@ pub struct Asset {
     pub late_w: Option<Millis>,
     /// Alert state per rule (index into the pipeline's rules), kept by `rules`.
     pub alerts: Vec<Option<crate::rules::AlertMark>>,
+    /// Earliest `due_at` a rule is waiting for on this asset (`Millis::MAX`: none).
+    pub decision_due: Millis,
     dirty: bool,
 }
 
@@ -208,6 +210,7 @@ impl AssetJoin {
             first_contract,
             late_w: None,
             alerts: Vec::new(),
+            decision_due: Millis::MAX,
             dirty: false,
         };
         let ix = match self.free.pop() {
@@ -231,6 +234,34 @@ impl AssetJoin {
             for hit in waiting {
                 self.apply_hit(ix, &hit, w, touches);
             }
+        }
+    }
+
+    /// Whether a rule decision that the watermark `w` already allows is still pending on an
+    /// asset this event would change: the engine then decides first, so that a late event
+    /// resolves an alert instead of silently preventing it (EVENTS.md §5).
+    pub fn awaits_decision(&self, what: &What, w: Millis) -> bool {
+        let pending = |ix: &AssetIx| {
+            self.asset(*ix)
+                .is_some_and(|a| a.dirty || a.decision_due <= w)
+        };
+        match what {
+            What::PixelHit { asset_id, .. } | What::WebHit { asset_id, .. } => {
+                self.by_id.get(asset_id).is_some_and(pending)
+            }
+            What::Action {
+                pair,
+                action: Action::ContractSent,
+                ..
+            }
+            | What::Approval {
+                pair,
+                contract: true,
+            } => self
+                .links
+                .get(pair)
+                .is_some_and(|l| l.assets.iter().any(pending)),
+            _ => false,
         }
     }
 

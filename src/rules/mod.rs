@@ -176,14 +176,17 @@ impl RuleSet {
                         continue;
                     }
                     let (ix, due_at) = (ixs.value(i), due.value(i));
+                    let Some(a) = assets.asset_mut(ix) else {
+                        continue;
+                    };
                     if due_at > stamp.watermark {
+                        a.decision_due = a.decision_due.min(due_at);
                         self.timers.schedule(due_at, ix);
                         continue;
                     }
+                    a.decision_due = Millis::MAX;
                     let firing = !fire.is_null(i) && fire.value(i);
-                    if let Some(a) = assets.asset_mut(ix) {
-                        self.decide(r, a, due_at, firing, dir, stamp, out);
-                    }
+                    self.decide(r, a, due_at, firing, dir, stamp, out);
                 }
             }
         }
