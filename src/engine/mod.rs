@@ -7,7 +7,9 @@ pub mod kernel;
 pub mod output;
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::BinaryHeap;
+
+use rustc_hash::FxHashSet as HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -154,7 +156,7 @@ impl Engine {
             max_seen: None,
             w: Millis::MIN,
             reorder: BinaryHeap::new(),
-            dedup: HashSet::new(),
+            dedup: HashSet::default(),
             dedup_timers: LazyTimers::default(),
             touches: Vec::new(),
             counts: BatchCounts::default(),

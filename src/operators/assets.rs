@@ -4,7 +4,9 @@
 //! presence as of the send (an as-of join), product-page visits after the send (an interval
 //! join) and the pair's first contract at or after the send.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::config::Pipeline;
 use crate::directory::CustomerIx;
@@ -122,16 +124,16 @@ impl AssetJoin {
             retention_ms: p.asset_join.asset_retention_seconds * 1000,
             presence_ms: p.presence.retention_seconds * 1000,
             product_prefix_window_ms: p.web.product_visit_window_seconds * 1000,
-            by_id: HashMap::new(),
+            by_id: HashMap::default(),
             slab: Vec::new(),
             free: Vec::new(),
             expiry: LazyTimers::default(),
-            pending: HashMap::new(),
-            pending_by_asset: HashMap::new(),
+            pending: HashMap::default(),
+            pending_by_asset: HashMap::default(),
             pending_timers: LazyTimers::default(),
             next_pending: 0,
-            presence: HashMap::new(),
-            links: HashMap::new(),
+            presence: HashMap::default(),
+            links: HashMap::default(),
             link_timers: LazyTimers::default(),
             dirty: Vec::new(),
             counters: AssetCounters::default(),

@@ -3,7 +3,7 @@
 //! merges them into per-pair buckets, expires buckets that left the trailing window, and
 //! computes breadth, depth, density and the band on demand.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayBuilder, AsArray, Int64Builder, UInt64Builder};
@@ -82,7 +82,7 @@ impl PairAggregates {
             cfg: cfg.clone(),
             kernel,
             schema,
-            pairs: HashMap::new(),
+            pairs: HashMap::default(),
             timers: LazyTimers::default(),
             pair_col: UInt64Builder::new(),
             bucket_col: Int64Builder::new(),

@@ -2,7 +2,7 @@
 //! two consecutive touches are more than the gap apart. A session is emitted once the watermark
 //! passes `end + gap`, when no on-time event can extend it any more.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::directory::Directory;
 use crate::engine::output::Session;
@@ -71,7 +71,7 @@ impl Sessions {
     pub fn new(gap_ms: Millis) -> Self {
         Sessions {
             gap_ms,
-            pairs: HashMap::new(),
+            pairs: HashMap::default(),
             timers: LazyTimers::default(),
             late_dropped: 0,
         }
