@@ -33,7 +33,13 @@ fn run(pairs: usize, pipeline: &Arc<Pipeline>) -> anyhow::Result<Result> {
         reps: (pairs / customers_per_rep).max(1),
         customers_per_rep,
         // Enough days for every pair to be active and for the window state to fill.
-        days: if pairs >= 1_000_000 { 3 } else if pairs >= 100_000 { 8 } else { 30 },
+        days: if pairs >= 1_000_000 {
+            3
+        } else if pairs >= 100_000 {
+            8
+        } else {
+            30
+        },
         end: None,
         max_events: 0,
         noise: 0.01,
@@ -44,14 +50,21 @@ fn run(pairs: usize, pipeline: &Arc<Pipeline>) -> anyhow::Result<Result> {
         data.extend_from_slice(line.as_bytes());
         ends.push(data.len());
     })?;
-    let dir = Arc::new(Directory::from_csv(&csv.reps_csv, &csv.customers_csv, &csv.regions_csv)?);
+    let dir = Arc::new(Directory::from_csv(
+        &csv.reps_csv,
+        &csv.customers_csv,
+        &csv.regions_csv,
+    )?);
     let mut start = 0;
     let inputs: Vec<Input<'_>> = ends
         .iter()
         .map(|&end| {
             let raw = &data[start..end];
             start = end;
-            Input { raw, received_at: None }
+            Input {
+                raw,
+                received_at: None,
+            }
         })
         .collect();
     let mut engine = Engine::new(pipeline.clone(), dir, ClockMode::Replay)?;
@@ -82,7 +95,9 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![10_000, 100_000, 1_000_000]);
-    let pipeline = Arc::new(Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml"))?);
+    let pipeline = Arc::new(Pipeline::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml"),
+    )?);
     println!("engine/replay  (JSON decoding included, one thread, {BATCH}-line micro-batches)");
     let mut results = Vec::new();
     for pairs in sizes {

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use touchstream::{config::Pipeline, replay, rules, wall_clock_ms};
 
 #[derive(Parser)]
-#[command(name = "touchstream", version, about = "Real-time sales-behaviour telemetry on NATS JetStream and DataFusion")]
+#[command(
+    name = "touchstream",
+    version,
+    about = "Real-time sales-behaviour telemetry on NATS JetStream and DataFusion"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,8 +77,7 @@ fn validate(files: &[PathBuf]) -> bool {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

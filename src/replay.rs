@@ -49,7 +49,10 @@ pub fn parse_cli_time(s: &str) -> Result<Millis, String> {
 }
 
 /// Loads a pipeline and its directory (`--directory` wins over the file's `directory.path`).
-pub fn load(pipeline: &Path, directory: Option<&Path>) -> anyhow::Result<(Arc<Pipeline>, Arc<Directory>)> {
+pub fn load(
+    pipeline: &Path,
+    directory: Option<&Path>,
+) -> anyhow::Result<(Arc<Pipeline>, Arc<Directory>)> {
     let p = Pipeline::load(pipeline)?;
     let dir_path = directory.map_or_else(|| p.directory_path(), Path::to_path_buf);
     let dir = Directory::load(&dir_path)
@@ -81,8 +84,8 @@ impl Writers {
 /// Runs a replay and writes its four outputs; returns the engine's totals.
 pub fn replay(args: &ReplayArgs, wall_now: Millis) -> anyhow::Result<Totals> {
     let (p, dir) = load(&args.pipeline, args.directory.as_deref())?;
-    let data = std::fs::read(&args.input)
-        .with_context(|| format!("reading {}", args.input.display()))?;
+    let data =
+        std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let create = |name: &str| -> anyhow::Result<BufWriter<File>> {

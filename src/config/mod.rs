@@ -43,7 +43,12 @@ fn render(file: &Path, problems: &[Problem]) -> String {
                 p.path,
                 p.message
             )),
-            None => out.push_str(&format!("\n  {}: {}: {}", file.display(), p.path, p.message)),
+            None => out.push_str(&format!(
+                "\n  {}: {}: {}",
+                file.display(),
+                p.path,
+                p.message
+            )),
         }
     }
     out
@@ -331,16 +336,48 @@ impl Pipeline {
         };
         let positive: [(&str, &str, i64); 11] = [
             ("dedup", "retention_seconds", self.dedup.retention_seconds),
-            ("asset_join", "pending_retention_seconds", self.asset_join.pending_retention_seconds),
-            ("asset_join", "asset_retention_seconds", self.asset_join.asset_retention_seconds),
-            ("presence", "retention_seconds", self.presence.retention_seconds),
-            ("web", "product_visit_window_seconds", self.web.product_visit_window_seconds),
+            (
+                "asset_join",
+                "pending_retention_seconds",
+                self.asset_join.pending_retention_seconds,
+            ),
+            (
+                "asset_join",
+                "asset_retention_seconds",
+                self.asset_join.asset_retention_seconds,
+            ),
+            (
+                "presence",
+                "retention_seconds",
+                self.presence.retention_seconds,
+            ),
+            (
+                "web",
+                "product_visit_window_seconds",
+                self.web.product_visit_window_seconds,
+            ),
             ("sessions", "gap_seconds", self.sessions.gap_seconds),
             ("cdi", "window_days", self.cdi.window_days),
-            ("time", "future_tolerance_seconds", self.time.future_tolerance_seconds),
-            ("source", "retention_days", self.source.retention_days as i64),
-            ("source", "batch_max_events", self.source.batch_max_events as i64),
-            ("source", "batch_max_wait_ms", self.source.batch_max_wait_ms as i64),
+            (
+                "time",
+                "future_tolerance_seconds",
+                self.time.future_tolerance_seconds,
+            ),
+            (
+                "source",
+                "retention_days",
+                self.source.retention_days as i64,
+            ),
+            (
+                "source",
+                "batch_max_events",
+                self.source.batch_max_events as i64,
+            ),
+            (
+                "source",
+                "batch_max_wait_ms",
+                self.source.batch_max_wait_ms as i64,
+            ),
         ];
         for (section, key, v) in positive {
             if v <= 0 {
@@ -348,7 +385,11 @@ impl Pipeline {
             }
         }
         let non_negative: [(&str, &str, i64); 3] = [
-            ("time", "allowed_lateness_seconds", self.time.allowed_lateness_seconds),
+            (
+                "time",
+                "allowed_lateness_seconds",
+                self.time.allowed_lateness_seconds,
+            ),
             ("opens", "prefetch_seconds", self.opens.prefetch_seconds),
             ("opens", "reload_seconds", self.opens.reload_seconds),
         ];
@@ -444,10 +485,7 @@ impl Pipeline {
         if p.is_absolute() {
             p.to_path_buf()
         } else {
-            self.file
-                .parent()
-                .unwrap_or_else(|| Path::new("."))
-                .join(p)
+            self.file.parent().unwrap_or_else(|| Path::new(".")).join(p)
         }
     }
 
@@ -571,8 +609,11 @@ mod tests {
     use super::*;
 
     fn default_text() -> String {
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/default.toml"))
-            .expect("default pipeline")
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/pipelines/default.toml"
+        ))
+        .expect("default pipeline")
     }
 
     #[test]
@@ -582,7 +623,10 @@ mod tests {
         assert_eq!(p.time.allowed_lateness_seconds, 300);
         assert_eq!(p.contracts.process_codes, vec!["PROC-CONTRACT".to_string()]);
         assert_eq!(p.rules.len(), 1);
-        assert_eq!(p.directory_path(), Path::new("pipelines/../examples/directory"));
+        assert_eq!(
+            p.directory_path(),
+            Path::new("pipelines/../examples/directory")
+        );
     }
 
     #[test]
@@ -617,8 +661,11 @@ mod tests {
 
     #[test]
     fn syntax_error_has_a_line() {
-        let err = Pipeline::parse("[time]\nallowed_lateness_seconds = = 3\n", Path::new("x.toml"))
-            .unwrap_err();
+        let err = Pipeline::parse(
+            "[time]\nallowed_lateness_seconds = = 3\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
         assert_eq!(err.problems[0].line, Some(2));
     }
 }

@@ -50,12 +50,22 @@ pub struct Directory {
     customer_by_wecom: HashMap<String, CustomerIx>,
 }
 
-const REPS_HEADER: &[&str] = &["rep_id", "name", "region", "wecom_userid", "dingtalk_staff_id"];
+const REPS_HEADER: &[&str] = &[
+    "rep_id",
+    "name",
+    "region",
+    "wecom_userid",
+    "dingtalk_staff_id",
+];
 const CUSTOMERS_HEADER: &[&str] = &["customer_id", "name", "wecom_external_userid", "tier"];
 const REGIONS_HEADER: &[&str] = &["region", "director", "routes"];
 
-fn read_csv<T: serde::de::DeserializeOwned>(path: &Path, header: &[&str]) -> anyhow::Result<Vec<T>> {
-    let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+fn read_csv<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    header: &[&str],
+) -> anyhow::Result<Vec<T>> {
+    let mut r =
+        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
     let got: Vec<String> = r.headers()?.iter().map(str::to_string).collect();
     if got != header {
         bail!(
@@ -83,13 +93,19 @@ impl Directory {
 
     /// Builds a directory from the three CSV texts (generated workloads, tests).
     pub fn from_csv(reps: &str, customers: &str, regions: &str) -> anyhow::Result<Directory> {
-        fn parse<T: serde::de::DeserializeOwned>(text: &str, name: &str, header: &[&str]) -> anyhow::Result<Vec<T>> {
+        fn parse<T: serde::de::DeserializeOwned>(
+            text: &str,
+            name: &str,
+            header: &[&str],
+        ) -> anyhow::Result<Vec<T>> {
             let mut r = csv::Reader::from_reader(text.as_bytes());
             let got: Vec<String> = r.headers()?.iter().map(str::to_string).collect();
             if got != header {
                 bail!("{name}: header must be `{}`", header.join(","));
             }
-            r.deserialize().map(|row| row.with_context(|| name.to_string())).collect()
+            r.deserialize()
+                .map(|row| row.with_context(|| name.to_string()))
+                .collect()
         }
         Self::new(
             parse(reps, "reps.csv", REPS_HEADER)?,
@@ -98,7 +114,11 @@ impl Directory {
         )
     }
 
-    pub fn new(reps: Vec<Rep>, customers: Vec<Customer>, regions: Vec<Region>) -> anyhow::Result<Self> {
+    pub fn new(
+        reps: Vec<Rep>,
+        customers: Vec<Customer>,
+        regions: Vec<Region>,
+    ) -> anyhow::Result<Self> {
         let mut d = Directory {
             reps,
             customers,
@@ -120,16 +140,24 @@ impl Directory {
         for (i, c) in d.customers.iter().enumerate() {
             let i = i as CustomerIx;
             if d.customer_by_id.insert(c.customer_id.clone(), i).is_some() {
-                bail!("customers.csv: customer_id `{}` appears twice", c.customer_id);
+                bail!(
+                    "customers.csv: customer_id `{}` appears twice",
+                    c.customer_id
+                );
             }
             if !c.wecom_external_userid.is_empty() {
-                d.customer_by_wecom.insert(c.wecom_external_userid.clone(), i);
+                d.customer_by_wecom
+                    .insert(c.wecom_external_userid.clone(), i);
             }
         }
         let known: std::collections::HashSet<&str> =
             d.regions.iter().map(|r| r.region.as_str()).collect();
         if let Some(r) = d.reps.iter().find(|r| !known.contains(r.region.as_str())) {
-            bail!("reps.csv: rep `{}` names region `{}`, which regions.csv lacks", r.rep_id, r.region);
+            bail!(
+                "reps.csv: rep `{}` names region `{}`, which regions.csv lacks",
+                r.rep_id,
+                r.region
+            );
         }
         Ok(d)
     }
@@ -166,8 +194,11 @@ mod tests {
 
     #[test]
     fn example_directory_resolves_every_id_form() {
-        let d = Directory::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/directory")))
-            .expect("example directory");
+        let d = Directory::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/directory"
+        )))
+        .expect("example directory");
         let r1 = d.rep("r1").expect("r1");
         assert_eq!(d.rep_by_wecom("wx_r1"), Some(r1));
         assert_eq!(d.rep_by_dingtalk("dt_r1"), Some(r1));
@@ -182,6 +213,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         std::fs::write(dir.path().join("reps.csv"), "id,name\n").expect("write");
         let err = Directory::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("reps.csv") && err.contains("rep_id,name,region"), "{err}");
+        assert!(
+            err.contains("reps.csv") && err.contains("rep_id,name,region"),
+            "{err}"
+        );
     }
 }

@@ -45,7 +45,9 @@ pub struct Kernel {
 
 impl std::fmt::Debug for Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kernel").field("output_schema", &self.output_schema).finish()
+        f.debug_struct("Kernel")
+            .field("output_schema", &self.output_schema)
+            .finish()
     }
 }
 
@@ -82,9 +84,11 @@ impl Kernel {
         if input.num_rows() == 0 {
             return Ok(Vec::new());
         }
-        *self.rows.lock().map_err(|_| {
-            DataFusionError::Internal("kernel input lock poisoned".into())
-        })? = vec![input];
+        *self
+            .rows
+            .lock()
+            .map_err(|_| DataFusionError::Internal("kernel input lock poisoned".into()))? =
+            vec![input];
         let plan = reset_plan_states(self.plan.clone())?;
         futures::executor::block_on(collect(plan, self.ctx.task_ctx()))
     }
@@ -123,8 +127,16 @@ mod tests {
             let out = k.run(batch).expect("run");
             let mut got = Vec::new();
             for b in &out {
-                let kc = b.column(0).as_any().downcast_ref::<Int64Array>().expect("k");
-                let sc = b.column(1).as_any().downcast_ref::<Int64Array>().expect("s");
+                let kc = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("k");
+                let sc = b
+                    .column(1)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("s");
                 for i in 0..b.num_rows() {
                     assert!(!kc.is_null(i));
                     got.push((kc.value(i), sc.value(i)));

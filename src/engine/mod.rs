@@ -220,7 +220,12 @@ impl Engine {
                 ClockMode::Live => now,
                 ClockMode::Replay => self.w,
             };
-            self.unknown_asset(hit, at, "its asset was never sent before the end of the input", &mut out);
+            self.unknown_asset(
+                hit,
+                at,
+                "its asset was never sent before the end of the input",
+                &mut out,
+            );
         }
         self.emit_counts();
         out
@@ -234,7 +239,14 @@ impl Engine {
         }
     }
 
-    fn dead(&mut self, reason: DeadReason, error: String, raw: &[u8], at: Millis, out: &mut Outputs) {
+    fn dead(
+        &mut self,
+        reason: DeadReason,
+        error: String,
+        raw: &[u8],
+        at: Millis,
+        out: &mut Outputs,
+    ) {
         self.counts.dead[reason as usize] += 1;
         out.dead_letters.push(DeadLetter {
             reason,
@@ -306,7 +318,13 @@ impl Engine {
             .schedule(t + self.p.dedup.retention_seconds * 1000, h);
         self.counts.events_in[kind_ix(kind)] += 1;
         let late = t < self.w;
-        let keeps_raw = matches!(what, What::PixelHit { .. } | What::WebHit { .. });
+        // A hit keeps its bytes only while its asset is unknown: it may become `unknown_asset`.
+        let keeps_raw = match &what {
+            What::PixelHit { asset_id, .. } | What::WebHit { asset_id, .. } => {
+                !self.assets.knows(asset_id)
+            }
+            _ => false,
+        };
         let resolved = Resolved {
             t,
             event_id: ev.event_id.into_boxed_str(),
@@ -336,8 +354,10 @@ impl Engine {
     fn resolve(&mut self, body: Body) -> Result<Option<What>, String> {
         let dir = &*self.dir;
         let rep = |id: &str| dir.rep(id).ok_or_else(|| format!("unknown rep_id `{id}`"));
-        let customer =
-            |id: &str| dir.customer(id).ok_or_else(|| format!("unknown customer_id `{id}`"));
+        let customer = |id: &str| {
+            dir.customer(id)
+                .ok_or_else(|| format!("unknown customer_id `{id}`"))
+        };
         Ok(Some(match body {
             Body::CrmAction(a) => What::Action {
                 pair: Pair::new(rep(&a.rep_id)?, customer(&a.customer_id)?),
@@ -503,9 +523,9 @@ impl Engine {
             now: (self.mode == ClockMode::Live).then_some(now),
             watermark: self.w,
         };
-        if let Err(e) = self
-            .rules
-            .evaluate(dirty, &mut self.assets, &self.dir, stamp, &mut out.alerts)
+        if let Err(e) =
+            self.rules
+                .evaluate(dirty, &mut self.assets, &self.dir, stamp, &mut out.alerts)
         {
             tracing::error!(error = %e, "rule evaluation failed");
         }
@@ -577,7 +597,8 @@ impl Engine {
         for (name, n) in self.assets.sizes() {
             metrics::gauge!(m::STATE_ENTRIES, "state" => name).set(n as f64);
         }
-        metrics::gauge!(m::STATE_ENTRIES, "state" => "session_pairs").set(self.sessions.len() as f64);
+        metrics::gauge!(m::STATE_ENTRIES, "state" => "session_pairs")
+            .set(self.sessions.len() as f64);
         metrics::gauge!(m::STATE_ENTRIES, "state" => "cdi_pairs").set(self.pairs.len() as f64);
         metrics::gauge!(m::STATE_ENTRIES, "state" => "reorder").set(self.reorder.len() as f64);
         metrics::gauge!(m::STATE_ENTRIES, "state" => "dedup").set(self.dedup.len() as f64);

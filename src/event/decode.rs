@@ -483,21 +483,25 @@ pub fn decode(raw: &[u8]) -> Result<Event, Rejection> {
         });
     }
     // serde's derived struct would also take a JSON array (fields by position): refuse it here.
+    // Well-formed JSON of another type breaks the schema (`type: object`); anything else is
+    // not JSON at all.
     let first = raw
         .iter()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
     if first != Some(&b'{') {
-        // Well-formed JSON of another type breaks the schema (`type: object`); anything else is
-        // not JSON at all.
-        return Err(
-            match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
-                Ok(_) => Rejection {
-                    reason: RejectReason::SchemaViolation,
-                    error: "event: must be a JSON object".to_owned(),
-                },
-                Err(_) => invalid_json("an event must be a JSON object".to_owned()),
-            },
-        );
+        return Err(match serde_json::from_slice::<IgnoredAny>(raw) {
+            Ok(_) => violation(format!(
+                "event: must be a JSON object, not {}",
+                match first {
+                    Some(b'[') => "an array",
+                    Some(b'"') => "a string",
+                    Some(b't' | b'f') => "a boolean",
+                    Some(b'n') => "null",
+                    _ => "a number",
+                }
+            )),
+            Err(e) => invalid_json(e.to_string()),
+        });
     }
     let mut r: Raw<'_> = serde_json::from_slice(raw).map_err(|e| serde_rejection(raw, &e))?;
 
@@ -1154,13 +1158,27 @@ mod tests {
         at_limit.remove(200);
         assert!(decode(&at_limit).is_ok());
 
+        // Well-formed JSON that is not an object breaks the schema, it is not bad JSON.
+        for (other, type_name) in [
+            ("[1,2]", "an array"),
+            (" \"x\"", "a string"),
+            ("null", "null"),
+            ("true", "a boolean"),
+            ("-1.5", "a number"),
+        ] {
+            let r = rejected(other);
+            assert_eq!(r.reason, RejectReason::SchemaViolation, "{other:?}: {r}");
+            assert_eq!(
+                r.error,
+                format!("event: must be a JSON object, not {type_name}")
+            );
+        }
         for bad in [
             "",
             "{",
             "not json",
-            "[1,2]",
-            "\"x\"",
-            "null",
+            "[1,2",
+            "nul",
             r#"{"event_id":"e"} x"#,
             r#"{"event_id":"e"}{}"#,
             r#"{"bogus":1, oops}"#,

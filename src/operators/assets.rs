@@ -144,6 +144,11 @@ impl AssetJoin {
         self.slab.get(ix as usize).and_then(Option::as_ref)
     }
 
+    /// Whether `asset_id` has been sent (and not yet expired).
+    pub fn knows(&self, asset_id: &str) -> bool {
+        self.by_id.contains_key(asset_id)
+    }
+
     pub fn asset_mut(&mut self, ix: AssetIx) -> Option<&mut Asset> {
         self.slab.get_mut(ix as usize).and_then(Option::as_mut)
     }
@@ -230,8 +235,10 @@ impl AssetJoin {
         self.expiry.schedule(ev.t + self.retention_ms, ix);
         self.touch_asset(ix, ev.late.then_some(w));
         if let Some(ids) = self.pending_by_asset.remove(asset_id) {
-            let mut waiting: Vec<Resolved> =
-                ids.iter().filter_map(|id| self.pending.remove(id)).collect();
+            let mut waiting: Vec<Resolved> = ids
+                .iter()
+                .filter_map(|id| self.pending.remove(id))
+                .collect();
             waiting.sort_by_key(|h| (h.t, h.what.rank()));
             for hit in waiting {
                 self.apply_hit(ix, &hit, w, touches);
@@ -321,8 +328,11 @@ impl AssetJoin {
     }
 
     fn apply_hit(&mut self, ix: AssetIx, ev: &Resolved, w: Millis, touches: &mut Vec<Touch>) {
-        let (prefetch_ms, reload_ms, window_ms) =
-            (self.prefetch_ms, self.reload_ms, self.product_prefix_window_ms);
+        let (prefetch_ms, reload_ms, window_ms) = (
+            self.prefetch_ms,
+            self.reload_ms,
+            self.product_prefix_window_ms,
+        );
         let Some(Some(a)) = self.slab.get_mut(ix as usize) else {
             return;
         };
@@ -378,11 +388,11 @@ impl AssetJoin {
                     touch.dwell_ms = *dwell_ms;
                 }
             }
-            What::WebHit { product, .. } => {
-                if *product && !before_send && ev.t - a.sent_at <= window_ms {
-                    a.product_visits += 1;
-                    changed = true;
-                }
+            What::WebHit { product, .. }
+                if *product && !before_send && ev.t - a.sent_at <= window_ms =>
+            {
+                a.product_visits += 1;
+                changed = true;
             }
             _ => {}
         }

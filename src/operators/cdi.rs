@@ -103,11 +103,14 @@ impl PairAggregates {
         self.channels_col
             .append_value(touch.channel.map_or(0, |c| channel_bit(c) as i64));
         self.events_col.append_value(1);
-        self.in_col.append_value((touch.inbound == Some(true)) as i64);
-        self.out_col.append_value((touch.inbound == Some(false)) as i64);
+        self.in_col
+            .append_value((touch.inbound == Some(true)) as i64);
+        self.out_col
+            .append_value((touch.inbound == Some(false)) as i64);
         self.dwell_col
             .append_value(touch.dwell_ms.unwrap_or(0).min(i64::MAX as u64) as i64);
-        self.dwell_n_col.append_value(touch.dwell_ms.is_some() as i64);
+        self.dwell_n_col
+            .append_value(touch.dwell_ms.is_some() as i64);
     }
 
     /// Reduces the buffered touches with the kernel and merges them into pair state; then
@@ -136,7 +139,9 @@ impl PairAggregates {
     fn merge(&mut self, out: &RecordBatch) {
         let pair = out.column(0).as_primitive::<UInt64Type>();
         let bucket = out.column(1).as_primitive::<Int64Type>();
-        let cols: Vec<_> = (2..8).map(|i| out.column(i).as_primitive::<Int64Type>()).collect();
+        let cols: Vec<_> = (2..8)
+            .map(|i| out.column(i).as_primitive::<Int64Type>())
+            .collect();
         let val = |c: usize, i: usize| -> u64 { cols[c].value(i).max(0) as u64 };
         for i in 0..out.num_rows() {
             let p = Pair(pair.value(i));
@@ -163,7 +168,8 @@ impl PairAggregates {
                 Err(j) => {
                     buckets.insert(j, b);
                     if j + 1 == buckets.len() {
-                        self.timers.schedule(b.start + self.window_ms + BUCKET_MS, p);
+                        self.timers
+                            .schedule(b.start + self.window_ms + BUCKET_MS, p);
                     }
                 }
             }
@@ -186,7 +192,12 @@ impl PairAggregates {
     pub fn cdi_of(&self, pair: Pair, as_of: Millis, dir: &Directory) -> Option<Cdi> {
         let cut = as_of - self.window_ms;
         let mut sum = Bucket::default();
-        for b in self.pairs.get(&pair)?.iter().filter(|b| b.start >= cut && b.start <= as_of) {
+        for b in self
+            .pairs
+            .get(&pair)?
+            .iter()
+            .filter(|b| b.start >= cut && b.start <= as_of)
+        {
             sum.channels |= b.channels;
             sum.events += b.events;
             sum.messages_in += b.messages_in;

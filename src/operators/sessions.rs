@@ -82,11 +82,8 @@ impl Sessions {
         let p = self.pairs.entry(touch.pair).or_default();
         if let Some(open) = &mut p.open {
             if touch.t >= open.start - gap && touch.t <= open.end + gap {
-                let old_end = open.end;
+                // The session's timer stays where it is; when it pops, it moves to the new end.
                 open.add(touch);
-                if open.end != old_end {
-                    self.timers.schedule(open.end + gap + 1, touch.pair);
-                }
                 return;
             }
             if touch.t > open.end + gap {
@@ -119,9 +116,14 @@ impl Sessions {
             let Some(p) = self.pairs.get_mut(&pair) else {
                 continue;
             };
-            if p.open.as_ref().is_some_and(|o| w > o.end + gap)
-                && let Some(done) = p.open.take()
+            if let Some(o) = &p.open
+                && w <= o.end + gap
             {
+                // Extended since the timer was set: one timer per session, not per touch.
+                self.timers.schedule(o.end + gap + 1, pair);
+                continue;
+            }
+            if let Some(done) = p.open.take() {
                 p.last_end = Some(done.end);
                 out.push(record(pair, &done, dir));
                 // Forget the pair once no late touch could still matter to it.

@@ -47,7 +47,10 @@ pub struct RuleSet {
 impl std::fmt::Debug for RuleSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RuleSet")
-            .field("rules", &self.rules.iter().map(|r| &r.spec.name).collect::<Vec<_>>())
+            .field(
+                "rules",
+                &self.rules.iter().map(|r| &r.spec.name).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -86,12 +89,18 @@ fn compile_rule(spec: &RuleSpec) -> Result<Kernel, (&'static str, String)> {
     let probe = |key: &'static str, sql: String| {
         Kernel::compile(&spec.table, schema.clone(), &sql).map_err(|e| (key, first_line(e)))
     };
-    probe("filter", format!("SELECT __row FROM {} WHERE ({filter})", spec.table))?;
+    probe(
+        "filter",
+        format!("SELECT __row FROM {} WHERE ({filter})", spec.table),
+    )?;
     let due = probe(
         "due_at",
         format!("SELECT ({}) AS due_at FROM {}", spec.due_at, spec.table),
     )?;
-    if !matches!(due.output_schema.field(0).data_type(), DataType::Timestamp(_, _)) {
+    if !matches!(
+        due.output_schema.field(0).data_type(),
+        DataType::Timestamp(_, _)
+    ) {
         return Err((
             "due_at",
             format!(
@@ -166,7 +175,10 @@ impl RuleSet {
             for res in &results {
                 let ixs = res.column(0).as_primitive::<UInt32Type>();
                 let due_col = cast(
-                    &cast(res.column(1), &DataType::Timestamp(TimeUnit::Millisecond, None))?,
+                    &cast(
+                        res.column(1),
+                        &DataType::Timestamp(TimeUnit::Millisecond, None),
+                    )?,
                     &DataType::Int64,
                 )?;
                 let due = due_col.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
@@ -247,7 +259,13 @@ impl RuleSet {
     }
 }
 
-fn alert(spec: &RuleSpec, a: &Asset, m: AlertMark, evidence: Map<String, Value>, dir: &Directory) -> Alert {
+fn alert(
+    spec: &RuleSpec,
+    a: &Asset,
+    m: AlertMark,
+    evidence: Map<String, Value>,
+    dir: &Directory,
+) -> Alert {
     Alert {
         alert_id: format!("{}:{}", spec.name, a.asset_id),
         rule: spec.name.clone(),
@@ -272,7 +290,9 @@ fn evidence(a: &Asset, due_at: Millis) -> Map<String, Value> {
     m.insert("excluded_opens".into(), json!(excluded));
     m.insert(
         "last_open_at".into(),
-        counted.last().map_or(Value::Null, |t| json!(format_time(*t))),
+        counted
+            .last()
+            .map_or(Value::Null, |t| json!(format_time(*t))),
     );
     m.insert("customer_online_at_send".into(), json!(a.online_at_send));
     m.insert("product_page_visits_30m".into(), json!(a.product_visits));
@@ -282,4 +302,55 @@ fn evidence(a: &Asset, due_at: Millis) -> Map<String, Value> {
 /// The schema rules see, shared with `validate` and the README's table reference.
 pub fn table_schema(table: &str) -> Option<Arc<datafusion::arrow::datatypes::Schema>> {
     (table == "assets").then(assets_schema)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn pipeline(text: &str, dir: &Path) -> Pipeline {
+        let file = dir.join("p.toml");
+        std::fs::write(&file, text).expect("write");
+        Pipeline::load(&file).expect("static checks pass")
+    }
+
+    fn default_text() -> String {
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/pipelines/default.toml"
+        ))
+        .expect("default pipeline")
+    }
+
+    #[test]
+    fn the_default_rules_plan() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = pipeline(&default_text(), dir.path());
+        assert_eq!(compile(&p).expect("plans").len(), 1);
+    }
+
+    #[test]
+    fn sql_problems_name_the_setting_and_line() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let text = default_text()
+            .replace("counted_opens >= 3 AND", "no_such_column >= 3 AND")
+            .replace("[[rules]]", "[[rules]]\nname = \"second\"\ntable = \"assets\"\ndue_at = \"counted_opens\"\nfire_when = \"true\"\n\n[[rules]]");
+        let p = pipeline(&text, dir.path());
+        let problems = compile(&p).expect_err("two bad rules");
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec!["rules[0].due_at", "rules[1].fire_when"],
+            "{problems:?}"
+        );
+        assert!(problems[0].message.contains("timestamp"), "{problems:?}");
+        assert!(
+            problems[1].message.contains("no_such_column"),
+            "{problems:?}"
+        );
+        let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).map(|i| i + 1);
+        assert_eq!(problems[0].line, line_of("due_at = \"counted_opens\""));
+        assert_eq!(problems[1].line, line_of("fire_when = \"no_such_column"));
+    }
 }

@@ -47,7 +47,10 @@ pub fn assets_batch(
     assets: &AssetJoin,
     dir: &Directory,
 ) -> datafusion::error::Result<RecordBatch> {
-    let list: Vec<_> = rows.iter().filter_map(|ix| assets.asset(*ix).map(|a| (*ix, a))).collect();
+    let list: Vec<_> = rows
+        .iter()
+        .filter_map(|ix| assets.asset(*ix).map(|a| (*ix, a)))
+        .collect();
     let mut times = ListBuilder::new(TimestampMillisecondBuilder::new().with_timezone("UTC"))
         .with_field(Arc::new(Field::new("item", ts(), true)));
     for (_, a) in &list {
@@ -58,8 +61,12 @@ pub fn assets_batch(
     }
     let utc = |v: TimestampMillisecondArray| Arc::new(v.with_timezone("UTC")) as ArrayRef;
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(UInt32Array::from_iter_values(list.iter().map(|(ix, _)| *ix))),
-        Arc::new(StringArray::from_iter_values(list.iter().map(|(_, a)| &*a.asset_id))),
+        Arc::new(UInt32Array::from_iter_values(
+            list.iter().map(|(ix, _)| *ix),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            list.iter().map(|(_, a)| &*a.asset_id),
+        )),
         Arc::new(StringArray::from_iter_values(
             list.iter().map(|(_, a)| dir.rep_id(a.pair.rep())),
         )),
@@ -69,7 +76,9 @@ pub fn assets_batch(
         Arc::new(StringArray::from_iter_values(
             list.iter().map(|(_, a)| dir.region_of(a.pair.rep())),
         )),
-        Arc::new(StringArray::from_iter_values(list.iter().map(|(_, a)| a.action.as_str()))),
+        Arc::new(StringArray::from_iter_values(
+            list.iter().map(|(_, a)| a.action.as_str()),
+        )),
         Arc::new(StringArray::from_iter(
             list.iter().map(|(_, a)| a.channel.map(|c| c.as_str())),
         )),
@@ -87,7 +96,8 @@ pub fn assets_batch(
             list.iter().map(|(_, a)| a.counted.last().copied()),
         )),
         utc(TimestampMillisecondArray::from_iter(
-            list.iter().map(|(_, a)| a.first_contract.as_ref().map(|(t, _)| *t)),
+            list.iter()
+                .map(|(_, a)| a.first_contract.as_ref().map(|(t, _)| *t)),
         )),
         Arc::new(BooleanArray::from_iter(
             list.iter().map(|(_, a)| Some(a.online_at_send)),

@@ -48,4 +48,5 @@ pub const ALERT_LATENCY_BUCKETS: &[f64] = &[
     0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
 ];
 /// Histogram buckets for events per batch.
-pub const BATCH_EVENTS_BUCKETS: &[f64] = &[1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0];
+pub const BATCH_EVENTS_BUCKETS: &[f64] =
+    &[1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0];
