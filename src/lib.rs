@@ -16,9 +16,12 @@ pub mod directory;
 pub mod engine;
 pub mod event;
 pub mod r#gen;
+pub mod live;
 pub mod operators;
 pub mod replay;
 pub mod rules;
+pub mod sinks;
+pub mod source;
 pub mod telemetry;
 
 /// Wall-clock milliseconds: the only read of the system clock, for the CLI and live loops.

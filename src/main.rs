@@ -20,6 +20,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the pipeline on NATS JetStream (until SIGINT/SIGTERM), serving /metrics.
+    Run(touchstream::live::RunArgs),
+    /// Start a private NATS server, run the pipeline on generated traffic and print alerts.
+    Demo(touchstream::live::DemoArgs),
     /// Replay a JSONL file through the engine, event time only (EVENTS.md §9).
     Replay(replay::ReplayArgs),
     /// Check a pipeline file and report every problem with its location.
@@ -74,6 +78,12 @@ fn validate(files: &[PathBuf]) -> bool {
     ok
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -83,6 +93,13 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
+        Command::Run(args) => runtime().and_then(|rt| {
+            rt.block_on(touchstream::live::run(
+                args,
+                touchstream::live::shutdown_signal(),
+            ))
+        }),
+        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(touchstream::live::demo(args))),
         Command::Replay(args) => replay::replay(&args, wall_clock_ms()).map(|t| {
             eprintln!(
                 "replay: {} events in, {} duplicates, {} late, {} dead letters, {} alert records, {} sessions -> {}",

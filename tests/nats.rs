@@ -409,3 +409,65 @@ async fn touchstream_restart_rebuilds_state_and_publishes_nothing_twice() -> any
     drop(server);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_idle_advancement_fired_is_not_fired_again_after_a_restart() -> anyhow::Result<()> {
+    let server = NatsServer::start().await?;
+    let url = server.url();
+    let fx = Fixture::new(1)?;
+    let args = fx.run_args(&url, "127.0.0.1:0".parse()?);
+    let log = fx.dir.path().join("touchstream.log");
+    let (client, js) = connect(&url).await?;
+    let wire = Wire::tap(&client).await?;
+
+    // No event moves the watermark past the deadline: only the wall clock does (EVENTS.md §7).
+    let mut first = ChildRun::start(&args, log.clone())?;
+    wait_input_stream(&js, WAIT).await?;
+    let t0 = now_ms() - 6 * DAY_MS;
+    publish(&js, &hot_quote("idle", "r1", "c1", "q-idle", t0, 3)).await?;
+    let fired = wait_for("the alert fired by idle advancement", WAIT, || async {
+        read_stream(&js, "TOUCH_ALERTS")
+            .await
+            .ok()
+            .filter(|a| a.len() == 1)
+    })
+    .await;
+    if let Err(e) = fired {
+        anyhow::bail!("{e:#}\n--- touchstream log ---\n{}", first.log_text());
+    }
+    // The checkpoint holds the advanced watermark, past the deadline.
+    let kv = js.get_key_value("touchstream_state").await?;
+    let saved = wait_for("the checkpointed watermark", WAIT, || async {
+        let bytes = kv.get("touchstream.watermark").await.ok()??;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        v["watermark_ms"].as_i64().filter(|&w| w >= t0 + 5 * DAY_MS)
+    })
+    .await?;
+    assert!(saved <= now_ms());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    first.kill();
+    let before_wire = wire.snapshot();
+    assert!(before_wire.contains(&alert_id("q-idle")), "{before_wire:?}");
+
+    // Restarted, the run replays the quote and its opens (watermark: last open - 5 min, before
+    // the deadline), then moves to the checkpointed watermark with outputs discarded; its own
+    // idle ticks afterwards must find nothing new to fire.
+    let mut second = ChildRun::start(&args, log.clone())?;
+    wait_for("the restarted run to consume live", WAIT, || async {
+        (second.log_text().matches("consuming live").count() >= 2).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after: Vec<String> = wire
+        .snapshot()
+        .into_iter()
+        .skip(before_wire.len())
+        .collect();
+    assert!(
+        after.is_empty(),
+        "published again after the restart: {after:?}"
+    );
+    assert_eq!(second.terminate(WAIT).await?, 0, "{}", second.log_text());
+    drop(server);
+    Ok(())
+}

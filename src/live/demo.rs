@@ -289,7 +289,7 @@ fn describe_alert(a: &Value, names: &Names) -> String {
     let who = format!("{rep} ({rep_id}, {region}) -> {customer} ({customer_id})");
     if a["status"] == "resolved" {
         format!(
-            "RESOLVED  {who}\n          contract arrived {} (event {}): quote {asset} no longer overdue",
+            "RESOLVED  {who}\n          resolved {} by late contract event {}: quote {asset} is no longer overdue",
             human_time(&ev["resolved_at"]),
             s(&ev["resolved_by"]),
         )
@@ -368,6 +368,16 @@ mod tests {
             "ALERT     Li Wei (r1, east) -> Kangda Pharmacy #12 (c1)\n          \
              quote q1 sent 2026-11-02 09:00 UTC; opened 3 times, last 2026-11-03 14:10 UTC; \
              no contract by 2026-11-07 09:00 UTC"
+        );
+
+        let mut resolved = alert.clone();
+        resolved["status"] = "resolved".into();
+        resolved["evidence"]["resolved_at"] = "2026-11-08T10:00:00.000Z".into();
+        resolved["evidence"]["resolved_by"] = "e-77".into();
+        assert_eq!(
+            describe_alert(&resolved, &names),
+            "RESOLVED  Li Wei (r1, east) -> Kangda Pharmacy #12 (c1)\n          \
+             resolved 2026-11-08 10:00 UTC by late contract event e-77: quote q1 is no longer overdue"
         );
     }
 }

@@ -234,7 +234,8 @@ impl Live {
                     received_at: published_ms(m),
                 })
                 .collect();
-            self.engine.process(&inputs, now)
+            let engine = &mut self.engine;
+            unbudgeted(|| engine.process(&inputs, now)).await
         };
         self.publish(outputs).await?;
         // Only now is everything this batch caused durable: ack it.
@@ -258,9 +259,9 @@ impl Live {
     /// clock and deadlines pass at night. Returns whether anything was published.
     async fn advance_idle(&mut self) -> anyhow::Result<bool> {
         let now = wall_clock_ms();
-        let outputs = self
-            .engine
-            .advance_to(now - self.pipeline.lateness_ms(), now);
+        let watermark = now - self.pipeline.lateness_ms();
+        let engine = &mut self.engine;
+        let outputs = unbudgeted(|| engine.advance_to(watermark, now)).await;
         let fired = !outputs.is_empty();
         self.publish(outputs).await?;
         self.engine.emit_state_metrics();
@@ -410,14 +411,19 @@ async fn rebuild(
         // Outputs discarded (published before the restart) and metrics muted: these events
         // were counted by the process that first saw them.
         let now = wall_clock_ms();
-        let _discarded =
-            metrics::with_local_recorder(&metrics::NoopRecorder, || engine.process(&inputs, now));
+        let _discarded = unbudgeted(|| {
+            metrics::with_local_recorder(&metrics::NoopRecorder, || engine.process(&inputs, now))
+        })
+        .await;
         replayed += batch.len();
+        tracing::debug!(replayed, "rebuilding state");
     }
     if let Some(w) = saved.and_then(|s| s.watermark_ms) {
         let now = wall_clock_ms();
-        let _discarded =
-            metrics::with_local_recorder(&metrics::NoopRecorder, || engine.advance_to(w, now));
+        let _discarded = unbudgeted(|| {
+            metrics::with_local_recorder(&metrics::NoopRecorder, || engine.advance_to(w, now))
+        })
+        .await;
     }
     engine.emit_state_metrics();
     tracing::info!(
@@ -428,6 +434,14 @@ async fn rebuild(
         "state rebuilt from the input stream"
     );
     Ok(true)
+}
+
+/// Runs a synchronous engine step outside tokio's cooperative budget. The engine drives its
+/// DataFusion plans with a blocking executor; DataFusion's streams yield (Pending, then wake)
+/// once the enclosing tokio task has spent its budget, and a blocking executor inside that
+/// task would then spin forever. A replay that never waits on the network spends it fast.
+async fn unbudgeted<T>(step: impl FnOnce() -> T) -> T {
+    tokio::task::unconstrained(async move { step() }).await
 }
 
 /// The wire form of a step's outputs, in the engine's order within each kind.

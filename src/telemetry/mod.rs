@@ -2,6 +2,8 @@
 //! `touchstream_<noun>_<unit>[_total]`, bounded labels only (kind, reason, cause, rule, status,
 //! outcome, stream) and never a customer id. `exporter` serves them on `/metrics`.
 
+pub mod exporter;
+
 /// Input events accepted by the decoder, label `kind`.
 pub const EVENTS_IN: &str = "touchstream_events_in_total";
 /// Dead letters written, label `reason`.
