@@ -90,7 +90,12 @@ impl Kernel {
             .map_err(|_| DataFusionError::Internal("kernel input lock poisoned".into()))? =
             vec![input];
         let plan = reset_plan_states(self.plan.clone())?;
-        futures::executor::block_on(collect(plan, self.ctx.task_ctx()))
+        // Unconstrained: inside a tokio task whose coop budget is spent, DataFusion's streams
+        // would keep answering Pending and this blocking wait would spin forever.
+        futures::executor::block_on(tokio::task::unconstrained(collect(
+            plan,
+            self.ctx.task_ctx(),
+        )))
     }
 }
 

@@ -114,6 +114,8 @@ pub struct Engine {
     contract_codes: HashSet<String>,
     counts: BatchCounts,
     totals: Totals,
+    /// Set while `finish` decides: no input can follow.
+    complete: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -161,6 +163,7 @@ impl Engine {
             touches: Vec::new(),
             counts: BatchCounts::default(),
             totals: Totals::default(),
+            complete: false,
         })
     }
 
@@ -214,7 +217,13 @@ impl Engine {
             (Some(a), Some(b)) => a.max(b),
             (a, b) => a.or(b).unwrap_or(Millis::MIN),
         };
-        let mut out = self.advance_to(target, now);
+        let mut out = Outputs::default();
+        if target > self.w {
+            self.advance(target, now, &mut out);
+        }
+        self.complete = true;
+        self.end_batch(now, &mut out);
+        self.complete = false;
         for hit in self.assets.drain_pending() {
             let at = match self.mode {
                 ClockMode::Live => now,
@@ -522,6 +531,7 @@ impl Engine {
         let stamp = Stamp {
             now: (self.mode == ClockMode::Live).then_some(now),
             watermark: self.w,
+            complete: self.complete,
         };
         if let Err(e) =
             self.rules

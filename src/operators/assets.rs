@@ -252,7 +252,7 @@ impl AssetJoin {
     pub fn awaits_decision(&self, what: &What, w: Millis) -> bool {
         let pending = |ix: &AssetIx| {
             self.asset(*ix)
-                .is_some_and(|a| a.dirty || a.decision_due <= w)
+                .is_some_and(|a| a.dirty || a.decision_due < w)
         };
         match what {
             What::PixelHit { asset_id, .. } | What::WebHit { asset_id, .. } => {

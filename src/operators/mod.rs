@@ -79,13 +79,14 @@ pub enum What {
 }
 
 impl What {
-    /// Tie-break among events of the same millisecond: sends before the hits they explain
-    /// (README "Ordering").
+    /// Tie-break among events of the same millisecond: presence first (the as-of join takes
+    /// the presence "at or before" the send), sends before the hits they explain (README
+    /// "Choices").
     pub fn rank(&self) -> u8 {
         match self {
-            What::Action { .. } => 0,
-            What::Approval { .. } => 1,
-            What::Presence { .. } => 2,
+            What::Presence { .. } => 0,
+            What::Action { .. } => 1,
+            What::Approval { .. } => 2,
             What::Message { .. } => 3,
             What::PixelHit { .. } => 4,
             What::WebHit { .. } => 5,

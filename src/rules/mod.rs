@@ -135,6 +135,16 @@ pub struct Stamp {
     /// Live: the wall clock. Replay: None (event time, see `evaluate`).
     pub now: Option<Millis>,
     pub watermark: Millis,
+    /// The input is complete up to and including the watermark (end of a replay): a row due
+    /// exactly at the watermark may be decided. Otherwise an on-time event at exactly the
+    /// watermark may still come, so decisions wait until the watermark is past `due_at`.
+    pub complete: bool,
+}
+
+impl Stamp {
+    fn decidable(&self, due_at: Millis) -> bool {
+        due_at < self.watermark || (self.complete && due_at == self.watermark)
+    }
 }
 
 impl RuleSet {
@@ -160,7 +170,8 @@ impl RuleSet {
         out: &mut Vec<Alert>,
     ) -> datafusion::error::Result<()> {
         let mut rows = changed;
-        while let Some((_, ix)) = self.timers.pop_due(stamp.watermark) {
+        let horizon = stamp.watermark.saturating_add(stamp.complete as Millis);
+        while let Some((_, ix)) = self.timers.pop_due(horizon) {
             rows.push(ix);
         }
         if rows.is_empty() {
@@ -191,9 +202,10 @@ impl RuleSet {
                     let Some(a) = assets.asset_mut(ix) else {
                         continue;
                     };
-                    if due_at > stamp.watermark {
+                    if !stamp.decidable(due_at) {
                         a.decision_due = a.decision_due.min(due_at);
-                        self.timers.schedule(due_at, ix);
+                        // Due once the watermark is past `due_at`.
+                        self.timers.schedule(due_at.saturating_add(1), ix);
                         continue;
                     }
                     a.decision_due = Millis::MAX;
