@@ -115,6 +115,14 @@ enum Spec {
         pair: Option<(usize, usize)>,
         inbound: bool,
     },
+    /// A chat: `ins` customer messages and `outs` rep messages, a minute apart (so the density
+    /// ratio of §6 lands on its boundary now and then).
+    Chat {
+        when: When,
+        pair: Option<(usize, usize)>,
+        ins: usize,
+        outs: usize,
+    },
     /// Presence of the customer of the send (Rel) or of customer `customer` (Abs).
     Presence {
         when: When,
@@ -133,6 +141,12 @@ enum Spec {
     WatermarkEdge {
         send: usize,
         what: u8,
+    },
+    /// The same at the send: a call at t0 + the allowed lateness, then a presence change of
+    /// the customer exactly at t0 (the as-of join of §4 takes a presence "at or before" t0).
+    PresenceEdge {
+        send: usize,
+        online: bool,
     },
     /// A non-send crm.action; `kind` indexes OTHER_ACTIONS.
     Action {
@@ -251,6 +265,7 @@ fn contract_offset() -> impl Strategy<Value = i64> {
 fn web_offset() -> impl Strategy<Value = i64> {
     prop_oneof![
         Just(0i64),
+        prop_oneof![Just(PRODUCT_WINDOW - 1), Just(PRODUCT_WINDOW + 1)],
         (-10i64..120).prop_map(|m| if m == 30 { 29 * MIN } else { m * MIN }),
         (0i64..2 * HOUR).prop_map(|x| if x == PRODUCT_WINDOW { x + 1 } else { x }),
     ]
@@ -305,7 +320,7 @@ fn spec() -> impl Strategy<Value = Spec> {
         2 => (0usize..8, hit_offset(), prop_oneof![Just(60_000u64), Just(60_001), 0u64..200_000])
             .prop_map(|(asset, off, dwell)| Spec::Close { asset, off, dwell }),
         1 => (0usize..8, hit_offset()).prop_map(|(asset, off)| Spec::Ping { asset, off }),
-        2 => (0usize..8, web_offset(), any::<bool>())
+        3 => (0usize..8, web_offset(), any::<bool>())
             .prop_map(|(asset, off, product)| Spec::Web { asset, off, product }),
         1 => abs_time().prop_map(|at| Spec::WebNoUtm { at }),
         1 => (any::<bool>(), abs_time()).prop_map(|(web, at)| Spec::Ghost { web, at }),
@@ -314,10 +329,13 @@ fn spec() -> impl Strategy<Value = Spec> {
         1 => (when(), 1u8..=4).prop_map(|(when, variant)| Spec::Approval { when, variant }),
         3 => (when(), pair(), any::<bool>())
             .prop_map(|(when, pair, inbound)| Spec::Message { when, pair, inbound }),
+        2 => (when(), pair(), 0usize..5, 0usize..4)
+            .prop_map(|(when, pair, ins, outs)| Spec::Chat { when, pair, ins, outs }),
         2 => (presence_when(), 0..CUSTOMERS, any::<bool>())
             .prop_map(|(when, customer, online)| Spec::Presence { when, customer, online }),
         2 => (0usize..8, 0u8..5).prop_map(|(send, what)| Spec::AtWindowEnd { send, what }),
         1 => (0usize..8, 0u8..5).prop_map(|(send, what)| Spec::WatermarkEdge { send, what }),
+        1 => (0usize..8, any::<bool>()).prop_map(|(send, online)| Spec::PresenceEdge { send, online }),
         2 => (when(), pair(), 0..OTHER_ACTIONS.len(), 0..CHANNELS.len())
             .prop_map(|(when, pair, kind, channel)| Spec::Action { when, pair, kind, channel }),
     ]
@@ -364,7 +382,12 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             0..30,
         ),
         prop::collection::vec(1usize..8, 1..16),
-        prop_oneof![Just(0i64), (0i64..20 * 24 * 12).prop_map(|k| k * 5 * MIN)],
+        // Up to 40 days after the last event: past the CDI window and the 35-day asset retention.
+        prop_oneof![
+            Just(0i64),
+            (0i64..20 * 24 * 12).prop_map(|k| k * 5 * MIN),
+            (25 * 24i64..30 * 24).prop_map(|h| h * HOUR),
+        ],
     )
         .prop_map(|(sends, items, batches, until_extra)| Scenario {
             sends,
@@ -800,6 +823,28 @@ fn build(s: &Scenario) -> Built {
                 };
                 push(&mut events, at(when), form, body, dup);
             }
+            Spec::Chat {
+                when,
+                pair,
+                ins,
+                outs,
+            } => {
+                let (rep, customer) = pair_of(when, *pair);
+                for k in 0..ins + outs {
+                    let body = Body::Message {
+                        wecom: wecom_user(rep),
+                        external: wecom_external(customer),
+                        inbound: k < *ins,
+                    };
+                    push(
+                        &mut events,
+                        at(when) + k as i64 * MIN,
+                        form,
+                        body,
+                        dup && k == 0,
+                    );
+                }
+            }
             Spec::Presence {
                 when,
                 customer,
@@ -814,6 +859,31 @@ fn build(s: &Scenario) -> Built {
                     online: *online,
                 };
                 push(&mut events, at(when), form, body, dup);
+            }
+            Spec::PresenceEdge { send: i, online } => {
+                let a = send(*i);
+                let tick = Body::Action {
+                    rep: rep_id(a.rep),
+                    customer: customer_id(a.customer),
+                    action: "call",
+                    channel: Some("phone"),
+                    asset: None,
+                };
+                let key = item.arrive.tiebreak;
+                arrive.set(Arrive {
+                    jitter: 0,
+                    tiebreak: key.saturating_sub(1),
+                });
+                push(&mut events, a.t + LATENESS, form, tick, false);
+                arrive.set(Arrive {
+                    jitter: LATENESS,
+                    tiebreak: key.max(1),
+                });
+                let body = Body::Presence {
+                    external: wecom_external(a.customer),
+                    online: *online,
+                };
+                push(&mut events, a.t, form, body, dup);
             }
             Spec::AtWindowEnd { send: i, what } | Spec::WatermarkEdge { send: i, what } => {
                 let a = send(*i);
@@ -1500,20 +1570,21 @@ struct Prepared {
 fn prepare(s: &Scenario) -> Result<Prepared, TestCaseError> {
     let mut built = build(s);
     if std::env::var("AVOID").is_ok() {
-        let send_ts: HashSet<i64> = built
+        let first_send = built
             .events
             .iter()
             .filter(|e| matches!(&e.body, Body::Action { asset: Some(_), .. }))
             .map(|e| e.t)
-            .collect();
+            .min()
+            .unwrap();
+        let last = built.events.iter().map(|e| e.t).max().unwrap();
+        if built.until >= first_send + 35 * DAY - 1000 {
+            built.until = (last + 10 * DAY)
+                .min(first_send + 35 * DAY - 1000)
+                .max(last + 1000);
+        }
         for e in built.events.iter_mut() {
-            e.arrive.jitter = e.arrive.jitter.min(LATENESS - 1);
-            if let Body::Presence { .. } = e.body {
-                if e.t % 1000 == 0 {
-                    e.t -= 1;
-                    e.line = relabel_time(&e.line, e.t);
-                }
-            }
+            if matches!(e.body, Body::Presence { .. }) { e.arrive.jitter = e.arrive.jitter.min(LATENESS - 1); }
         }
     }
     let events = &built.events;

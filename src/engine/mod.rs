@@ -221,6 +221,9 @@ impl Engine {
         if target > self.w {
             self.advance(target, now, &mut out);
         }
+        // No input follows: what is at the watermark is complete too.
+        let w = self.w;
+        self.release(|t| t <= w, &mut out);
         self.complete = true;
         self.end_batch(now, &mut out);
         self.complete = false;
@@ -435,11 +438,9 @@ impl Engine {
     /// operators' event-time timers.
     fn advance(&mut self, w: Millis, now: Millis, out: &mut Outputs) {
         self.w = w;
-        while self.reorder.peek().is_some_and(|Reverse(x)| x.0.t <= w) {
-            if let Some(Reverse(Waiting(ev))) = self.reorder.pop() {
-                self.apply(ev, out);
-            }
-        }
+        // An event exactly at the watermark is on time, and so are its same-instant peers that
+        // may still arrive: release only what is strictly behind the watermark.
+        self.release(|t| t < w, out);
         self.sessions.on_watermark(w, &self.dir, &mut out.sessions);
         for hit in self.assets.on_watermark(w) {
             let at = match self.mode {
@@ -451,6 +452,14 @@ impl Engine {
         }
         while let Some((_, h)) = self.dedup_timers.pop_due(w) {
             self.dedup.remove(&h);
+        }
+    }
+
+    fn release(&mut self, ready: impl Fn(Millis) -> bool, out: &mut Outputs) {
+        while self.reorder.peek().is_some_and(|Reverse(x)| ready(x.0.t)) {
+            if let Some(Reverse(Waiting(ev))) = self.reorder.pop() {
+                self.apply(ev, out);
+            }
         }
     }
 
@@ -516,6 +525,9 @@ impl Engine {
         }
         self.decide(now, out);
         for a in &out.alerts {
+            // Alerts are few: counted one by one, by rule and status.
+            metrics::counter!(m::ALERTS, "rule" => a.rule.clone(), "status" => a.status.as_str())
+                .increment(1);
             match a.status {
                 AlertStatus::Firing => self.counts.alerts_firing += 1,
                 AlertStatus::Resolved => self.counts.alerts_resolved += 1,
@@ -586,12 +598,6 @@ impl Engine {
         }
         if c.sessions > 0 {
             metrics::counter!(m::SESSIONS).increment(c.sessions);
-        }
-        if c.alerts_firing > 0 {
-            metrics::counter!(m::ALERTS, "status" => "firing").increment(c.alerts_firing);
-        }
-        if c.alerts_resolved > 0 {
-            metrics::counter!(m::ALERTS, "status" => "resolved").increment(c.alerts_resolved);
         }
         self.totals.duplicates += c.duplicates;
         self.totals.unattributed_web_hits += c.unattributed_web;

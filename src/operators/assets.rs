@@ -409,6 +409,13 @@ impl AssetJoin {
     /// Returns the hits that never found their send.
     pub fn on_watermark(&mut self, w: Millis) -> Vec<Resolved> {
         while let Some((_, ix)) = self.expiry.pop_due(w) {
+            // A rule decision the watermark allows comes first: keep the asset until it is made.
+            if let Some(Some(a)) = self.slab.get(ix as usize)
+                && (a.dirty || a.decision_due <= w)
+            {
+                self.expiry.schedule(w + 1, ix);
+                continue;
+            }
             let expired = matches!(self.slab.get(ix as usize), Some(Some(a)) if a.sent_at + self.retention_ms <= w);
             if expired && let Some(a) = self.slab[ix as usize].take() {
                 self.by_id.remove(&a.asset_id);
