@@ -1584,7 +1584,9 @@ fn prepare(s: &Scenario) -> Result<Prepared, TestCaseError> {
                 .max(last + 1000);
         }
         for e in built.events.iter_mut() {
-            if matches!(e.body, Body::Presence { .. }) { e.arrive.jitter = e.arrive.jitter.min(LATENESS - 1); }
+            if matches!(e.body, Body::Presence { .. }) {
+                e.arrive.jitter = e.arrive.jitter.min(LATENESS - 1);
+            }
         }
     }
     let events = &built.events;
