@@ -257,6 +257,7 @@ impl Engine {
         error: String,
         raw: &[u8],
         at: Millis,
+        received_at: Option<Millis>,
         out: &mut Outputs,
     ) {
         self.counts.dead[reason as usize] += 1;
@@ -265,6 +266,7 @@ impl Engine {
             error,
             raw: raw.to_vec(),
             at,
+            received_at,
         });
     }
 
@@ -279,6 +281,7 @@ impl Engine {
             format!("asset `{asset}`: {why}"),
             &raw,
             at,
+            None,
             out,
         );
     }
@@ -293,7 +296,7 @@ impl Engine {
                     RejectReason::SchemaViolation => DeadReason::SchemaViolation,
                     RejectReason::Oversized => DeadReason::Oversized,
                 };
-                self.dead(reason, rej.error, input.raw, clock, out);
+                self.dead(reason, rej.error, input.raw, clock, input.received_at, out);
                 return;
             }
         };
@@ -309,7 +312,15 @@ impl Engine {
                 self.p.time.future_tolerance_seconds,
                 event::format_time(now)
             );
-            self.dead(DeadReason::FutureTimestamp, error, input.raw, clock, out);
+            let at = input.received_at;
+            self.dead(
+                DeadReason::FutureTimestamp,
+                error,
+                input.raw,
+                clock,
+                at,
+                out,
+            );
             return;
         }
         let kind = ev.kind();
@@ -317,7 +328,15 @@ impl Engine {
             Ok(Some(what)) => what,
             Ok(None) => return,
             Err(error) => {
-                self.dead(DeadReason::UnresolvedIdentity, error, input.raw, clock, out);
+                let at = input.received_at;
+                self.dead(
+                    DeadReason::UnresolvedIdentity,
+                    error,
+                    input.raw,
+                    clock,
+                    at,
+                    out,
+                );
                 return;
             }
         };

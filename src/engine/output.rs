@@ -179,6 +179,9 @@ pub struct DeadLetter {
     pub error: String,
     pub raw: Vec<u8>,
     pub at: Millis,
+    /// When the input message reached the store (JetStream publish time), if known: it makes
+    /// the dead letter's id stable across a redelivery after a crash.
+    pub received_at: Option<Millis>,
 }
 
 impl DeadLetter {
@@ -205,13 +208,14 @@ impl DeadLetter {
         format!("touch.dlq.{}", self.reason.as_str())
     }
 
-    /// A stable id (reason, time and a hash of the bytes), so a republish after a restart is
-    /// deduplicated by JetStream.
+    /// A stable id (reason, the input's arrival time, else `at`, and a hash of the bytes), so a
+    /// republish of the same input after a restart is deduplicated by JetStream.
     pub fn msg_id(&self) -> String {
         use std::hash::{Hash, Hasher};
         let mut h = std::hash::DefaultHasher::new();
         self.raw.hash(&mut h);
-        format!("{}:{}:{:016x}", self.reason.as_str(), self.at, h.finish())
+        let when = self.received_at.unwrap_or(self.at);
+        format!("{}:{}:{:016x}", self.reason.as_str(), when, h.finish())
     }
 }
 
