@@ -32,13 +32,20 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Generate a seeded workload: events.jsonl and directory/*.csv.
+    /// Generate a seeded workload: events.jsonl and directory/*.csv, and/or publish it to NATS.
     Gen {
         #[command(flatten)]
         args: touchstream::r#gen::GenArgs,
         /// Output folder.
+        #[arg(long, required_unless_present = "publish")]
+        out: Option<PathBuf>,
+        /// Publish the events to this NATS server (subjects touch.in.<kind>, Nats-Msg-Id =
+        /// event_id); the input stream must exist (`touchstream run` creates it).
         #[arg(long)]
-        out: PathBuf,
+        publish: Option<String>,
+        /// Publish rate, events per second (0 = as fast as acks allow).
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
     },
 }
 
@@ -114,9 +121,25 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             };
         }
-        Command::Gen { args, out } => touchstream::r#gen::generate(&args)
-            .and_then(|w| w.write_to(&out))
-            .map(|()| eprintln!("wrote {}", out.display())),
+        Command::Gen {
+            args,
+            out,
+            publish,
+            rate,
+        } => touchstream::r#gen::generate(&args).and_then(|w| {
+            if let Some(out) = &out {
+                w.write_to(out)?;
+                eprintln!("wrote {}", out.display());
+            }
+            if let Some(url) = publish {
+                let n = runtime()?.block_on(async {
+                    let js = async_nats::jetstream::new(touchstream::live::connect(&url).await?);
+                    touchstream::live::publish_lines(&js, &w.events, rate).await
+                })?;
+                eprintln!("published {n} events to {url}");
+            }
+            Ok(())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
