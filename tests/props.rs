@@ -1670,7 +1670,7 @@ fn run_property(check: fn(&Ctx, &Scenario) -> Result<(), TestCaseError>) {
     let mut seed = [0u8; 32];
     seed[..8].copy_from_slice(&env_num("PROPS_SEED", 2).to_le_bytes());
     let config = Config {
-        cases: env_num("PROPTEST_CASES", 96) as u32,
+        cases: env_num("PROPTEST_CASES", 128) as u32,
         failure_persistence: None,
         max_shrink_iters: 1_024,
         max_shrink_time: 60_000,

@@ -7,7 +7,7 @@ pub mod kernel;
 pub mod output;
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 use rustc_hash::FxHashSet as HashSet;
 use std::hash::{Hash, Hasher};
@@ -21,7 +21,7 @@ use crate::event::{self, ApprovalType, Body, Channel, Kind, Millis, RejectReason
 use crate::operators::assets::{AssetJoin, Exclusion};
 use crate::operators::cdi::PairAggregates;
 use crate::operators::sessions::Sessions;
-use crate::operators::{LazyTimers, Pair, Resolved, Touch, What};
+use crate::operators::{Pair, Resolved, Touch, What};
 use crate::rules::{self, RuleSet, Stamp};
 use crate::telemetry as m;
 
@@ -105,7 +105,9 @@ pub struct Engine {
     w: Millis,
     reorder: BinaryHeap<Reverse<Waiting>>,
     dedup: HashSet<u64>,
-    dedup_timers: LazyTimers<u64>,
+    /// Remembered ids in arrival order with their expiry. Arrival is nearly effective-time
+    /// order, so a FIFO expires them with no heap; disorder only keeps an id a little longer.
+    dedup_expiry: VecDeque<(Millis, u64)>,
     assets: AssetJoin,
     sessions: Sessions,
     pairs: PairAggregates,
@@ -159,7 +161,7 @@ impl Engine {
             w: Millis::MIN,
             reorder: BinaryHeap::new(),
             dedup: HashSet::default(),
-            dedup_timers: LazyTimers::default(),
+            dedup_expiry: VecDeque::new(),
             touches: Vec::new(),
             counts: BatchCounts::default(),
             totals: Totals::default(),
@@ -345,8 +347,8 @@ impl Engine {
             self.counts.duplicates += 1;
             return;
         }
-        self.dedup_timers
-            .schedule(t + self.p.dedup.retention_seconds * 1000, h);
+        self.dedup_expiry
+            .push_back((t + self.p.dedup.retention_seconds * 1000, h));
         self.counts.events_in[kind_ix(kind)] += 1;
         let late = t < self.w;
         // A hit keeps its bytes only while its asset is unknown: it may become `unknown_asset`.
@@ -469,7 +471,10 @@ impl Engine {
             let days = self.assets.pending_retention_ms() as f64 / 86_400_000.0;
             self.unknown_asset(hit, at, &format!("no send within {days} days"), out);
         }
-        while let Some((_, h)) = self.dedup_timers.pop_due(w) {
+        while let Some(&(at, h)) = self.dedup_expiry.front()
+            && at <= w
+        {
+            self.dedup_expiry.pop_front();
             self.dedup.remove(&h);
         }
     }
