@@ -604,17 +604,19 @@ impl Ctx<'_> {
     }
 }
 
+/// The shipped `pipelines/default.toml`, for tests across modules.
+#[cfg(test)]
+pub(crate) fn default_text() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/pipelines/default.toml"
+    ))
+    .expect("default pipeline")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn default_text() -> String {
-        std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/pipelines/default.toml"
-        ))
-        .expect("default pipeline")
-    }
 
     #[test]
     fn default_pipeline_loads() {

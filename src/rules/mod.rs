@@ -319,20 +319,13 @@ pub fn table_schema(table: &str) -> Option<Arc<datafusion::arrow::datatypes::Sch
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::default_text;
     use std::path::Path;
 
     fn pipeline(text: &str, dir: &Path) -> Pipeline {
         let file = dir.join("p.toml");
         std::fs::write(&file, text).expect("write");
         Pipeline::load(&file).expect("static checks pass")
-    }
-
-    fn default_text() -> String {
-        std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/pipelines/default.toml"
-        ))
-        .expect("default pipeline")
     }
 
     #[test]
