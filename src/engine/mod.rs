@@ -174,11 +174,6 @@ impl Engine {
         (self.w != Millis::MIN).then_some(self.w)
     }
 
-    /// Greatest effective time seen.
-    pub fn max_event_time(&self) -> Option<Millis> {
-        self.max_seen
-    }
-
     pub fn totals(&self) -> &Totals {
         &self.totals
     }
@@ -494,7 +489,6 @@ impl Engine {
         let touch = |pair, channel, inbound| Touch {
             pair,
             t: ev.t,
-            late: ev.late,
             channel,
             counted_open: false,
             inbound,

@@ -340,7 +340,6 @@ impl AssetJoin {
         let mut touch = Touch {
             pair: a.pair,
             t: ev.t,
-            late: ev.late,
             channel: a.channel,
             counted_open: false,
             inbound: None,

@@ -99,7 +99,6 @@ impl What {
 pub struct Touch {
     pub pair: Pair,
     pub t: Millis,
-    pub late: bool,
     pub channel: Option<Channel>,
     pub counted_open: bool,
     /// Some(true) customer message, Some(false) rep message.

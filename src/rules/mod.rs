@@ -5,8 +5,6 @@
 
 mod table;
 
-use std::sync::Arc;
-
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, TimeUnit, UInt32Type};
@@ -309,11 +307,6 @@ fn evidence(a: &Asset, due_at: Millis) -> Map<String, Value> {
     m.insert("customer_online_at_send".into(), json!(a.online_at_send));
     m.insert("product_page_visits_30m".into(), json!(a.product_visits));
     m
-}
-
-/// The schema rules see, shared with `validate` and the README's table reference.
-pub fn table_schema(table: &str) -> Option<Arc<datafusion::arrow::datatypes::Schema>> {
-    (table == "assets").then(assets_schema)
 }
 
 #[cfg(test)]
