@@ -23,6 +23,7 @@ struct Result {
     lines: usize,
     measured: usize,
     ns_per_event: f64,
+    decode_ns: f64,
 }
 
 fn run(pairs: usize, pipeline: &Arc<Pipeline>) -> anyhow::Result<Result> {
@@ -74,6 +75,15 @@ fn run(pairs: usize, pipeline: &Arc<Pipeline>) -> anyhow::Result<Result> {
     for chunk in inputs[..split].chunks(BATCH) {
         std::hint::black_box(engine.process(chunk, now));
     }
+    // Decoding alone, for the share of the engine's cost that does not depend on state.
+    let t0 = Instant::now();
+    let mut decoded = 0usize;
+    for input in &inputs[split..] {
+        decoded += touchstream::event::decode(input.raw).is_ok() as usize;
+    }
+    let decode_ns = t0.elapsed().as_nanos() as f64 / measured as f64;
+    std::hint::black_box(decoded);
+    perf_control("enable");
     let t0 = Instant::now();
     let mut outputs = 0usize;
     for chunk in inputs[split..].chunks(BATCH) {
@@ -81,13 +91,30 @@ fn run(pairs: usize, pipeline: &Arc<Pipeline>) -> anyhow::Result<Result> {
         outputs += out.alerts.len() + out.sessions.len() + out.dead_letters.len();
     }
     let elapsed = t0.elapsed();
+    perf_control("disable");
+    eprintln!(
+        "outputs per timed event: {:.3}",
+        outputs as f64 / measured as f64
+    );
     std::hint::black_box(outputs);
     Ok(Result {
         pairs,
         lines: inputs.len(),
         measured,
         ns_per_event: elapsed.as_nanos() as f64 / measured as f64,
+        decode_ns,
     })
+}
+
+/// Profiles only the timed part: `mkfifo /tmp/ctl; perf record -D -1 --control fifo:/tmp/ctl ...`
+/// with `TOUCHSTREAM_PERF_CTL=/tmp/ctl` in the bench's environment.
+fn perf_control(command: &str) {
+    if let Ok(path) = std::env::var("TOUCHSTREAM_PERF_CTL") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(path) {
+            let _ = writeln!(f, "{command}");
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -103,12 +130,13 @@ fn main() -> anyhow::Result<()> {
     for pairs in sizes {
         let r = run(pairs, &pipeline)?;
         println!(
-            "engine/replay/pairs={:<9} workload {:>9} lines, timed {:>8}: {:>7.0} ns/event  {:>10.0} events/s",
+            "engine/replay/pairs={:<9} workload {:>9} lines, timed {:>8}: {:>7.0} ns/event  {:>10.0} events/s  (decoding alone {:>5.0} ns)",
             r.pairs,
             r.lines,
             r.measured,
             r.ns_per_event,
-            1e9 / r.ns_per_event
+            1e9 / r.ns_per_event,
+            r.decode_ns
         );
         results.push(r);
     }

@@ -2,7 +2,8 @@
 //! WeCom and DingTalk ids to `rep_id` / `customer_id`, and ids to dense indices that the
 //! operators use as keys (cheaper than strings on the hot path).
 
-use std::collections::HashMap;
+use compact_str::CompactString;
+use rustc_hash::FxHashMap as HashMap;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -43,11 +44,11 @@ pub struct Directory {
     pub reps: Vec<Rep>,
     pub customers: Vec<Customer>,
     pub regions: Vec<Region>,
-    rep_by_id: HashMap<String, RepIx>,
-    rep_by_wecom: HashMap<String, RepIx>,
-    rep_by_dingtalk: HashMap<String, RepIx>,
-    customer_by_id: HashMap<String, CustomerIx>,
-    customer_by_wecom: HashMap<String, CustomerIx>,
+    rep_by_id: HashMap<CompactString, RepIx>,
+    rep_by_wecom: HashMap<CompactString, RepIx>,
+    rep_by_dingtalk: HashMap<CompactString, RepIx>,
+    customer_by_id: HashMap<CompactString, CustomerIx>,
+    customer_by_wecom: HashMap<CompactString, CustomerIx>,
 }
 
 const REPS_HEADER: &[&str] = &[
@@ -127,19 +128,23 @@ impl Directory {
         };
         for (i, r) in d.reps.iter().enumerate() {
             let i = i as RepIx;
-            if d.rep_by_id.insert(r.rep_id.clone(), i).is_some() {
+            if d.rep_by_id.insert(r.rep_id.as_str().into(), i).is_some() {
                 bail!("reps.csv: rep_id `{}` appears twice", r.rep_id);
             }
             if !r.wecom_userid.is_empty() {
-                d.rep_by_wecom.insert(r.wecom_userid.clone(), i);
+                d.rep_by_wecom.insert(r.wecom_userid.as_str().into(), i);
             }
             if !r.dingtalk_staff_id.is_empty() {
-                d.rep_by_dingtalk.insert(r.dingtalk_staff_id.clone(), i);
+                d.rep_by_dingtalk
+                    .insert(r.dingtalk_staff_id.as_str().into(), i);
             }
         }
         for (i, c) in d.customers.iter().enumerate() {
             let i = i as CustomerIx;
-            if d.customer_by_id.insert(c.customer_id.clone(), i).is_some() {
+            if d.customer_by_id
+                .insert(c.customer_id.as_str().into(), i)
+                .is_some()
+            {
                 bail!(
                     "customers.csv: customer_id `{}` appears twice",
                     c.customer_id
@@ -147,7 +152,7 @@ impl Directory {
             }
             if !c.wecom_external_userid.is_empty() {
                 d.customer_by_wecom
-                    .insert(c.wecom_external_userid.clone(), i);
+                    .insert(c.wecom_external_userid.as_str().into(), i);
             }
         }
         let known: std::collections::HashSet<&str> =

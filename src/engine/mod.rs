@@ -5,12 +5,13 @@
 
 pub mod kernel;
 pub mod output;
+pub mod reorder;
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
+
+use reorder::ReorderBuffer;
 
 use rustc_hash::FxHashSet as HashSet;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -46,31 +47,6 @@ pub struct Input<'a> {
     pub received_at: Option<Millis>,
 }
 
-/// An event waiting in the reorder buffer until the watermark reaches it.
-struct Waiting(Resolved);
-
-impl Waiting {
-    fn key(&self) -> (Millis, u8, &str) {
-        (self.0.t, self.0.what.rank(), &self.0.event_id)
-    }
-}
-impl PartialEq for Waiting {
-    fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key()
-    }
-}
-impl Eq for Waiting {}
-impl PartialOrd for Waiting {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Waiting {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.key().cmp(&other.key())
-    }
-}
-
 /// Counts gathered during a batch and emitted as metrics once at its end.
 #[derive(Debug, Default)]
 struct BatchCounts {
@@ -103,7 +79,7 @@ pub struct Engine {
     mode: ClockMode,
     max_seen: Option<Millis>,
     w: Millis,
-    reorder: BinaryHeap<Reverse<Waiting>>,
+    reorder: ReorderBuffer,
     dedup: HashSet<u64>,
     /// Remembered ids in arrival order with their expiry. Arrival is nearly effective-time
     /// order, so a FIFO expires them with no heap; disorder only keeps an id a little longer.
@@ -129,10 +105,11 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// The 64-bit key that dedup remembers for an `event_id`: a fixed-seed, full-quality hash, so
+/// that the same id gives the same key in every run (a restart rebuilds the set from the stream).
 fn id_hash(id: &str) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    id.hash(&mut h);
-    h.finish()
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::with_seed(0x746f_7563_6873_7472).hash_one(id)
 }
 
 fn kind_ix(k: Kind) -> usize {
@@ -159,7 +136,7 @@ impl Engine {
             mode,
             max_seen: None,
             w: Millis::MIN,
-            reorder: BinaryHeap::new(),
+            reorder: ReorderBuffer::default(),
             dedup: HashSet::default(),
             dedup_expiry: VecDeque::new(),
             touches: Vec::new(),
@@ -367,7 +344,7 @@ impl Engine {
             }
             self.apply(resolved, out);
         } else {
-            self.reorder.push(Reverse(Waiting(resolved)));
+            self.reorder.push(resolved);
         }
         if self.max_seen.is_none_or(|m| t > m) {
             self.max_seen = Some(t);
@@ -475,8 +452,8 @@ impl Engine {
     }
 
     fn release(&mut self, ready: impl Fn(Millis) -> bool, out: &mut Outputs) {
-        while self.reorder.peek().is_some_and(|Reverse(x)| ready(x.0.t)) {
-            if let Some(Reverse(Waiting(ev))) = self.reorder.pop() {
+        while self.reorder.next_time().is_some_and(&ready) {
+            if let Some(ev) = self.reorder.pop() {
                 self.apply(ev, out);
             }
         }

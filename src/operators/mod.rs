@@ -11,7 +11,7 @@ pub mod cdi;
 pub mod sessions;
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 use crate::directory::{CustomerIx, RepIx};
 use crate::event::{Action, Channel, HitKind, Millis};
@@ -109,14 +109,20 @@ pub struct Touch {
 
 /// Timers that are never removed, only outdated: each pop is checked against current state
 /// (cheaper than keeping an ordered index in sync on every event).
+///
+/// Operators see events in effective-time order, so most timers are scheduled no earlier than
+/// the last one: those go to a FIFO, which pops in O(1) and reads memory in order. The rest (late
+/// events, rescheduled timers) go to a heap; a pop takes the earlier of the two fronts.
 #[derive(Debug)]
 pub struct LazyTimers<K: Ord> {
+    fifo: VecDeque<(Millis, K)>,
     heap: BinaryHeap<Reverse<(Millis, K)>>,
 }
 
 impl<K: Ord + Copy> Default for LazyTimers<K> {
     fn default() -> Self {
         LazyTimers {
+            fifo: VecDeque::new(),
             heap: BinaryHeap::new(),
         }
     }
@@ -124,23 +130,34 @@ impl<K: Ord + Copy> Default for LazyTimers<K> {
 
 impl<K: Ord + Copy> LazyTimers<K> {
     pub fn schedule(&mut self, at: Millis, key: K) {
-        self.heap.push(Reverse((at, key)));
+        match self.fifo.back() {
+            Some((last, _)) if at < *last => self.heap.push(Reverse((at, key))),
+            _ => self.fifo.push_back((at, key)),
+        }
     }
 
-    /// Pops the next timer due at or before `now`.
+    /// Pops the next timer due at or before `now`, earliest first.
     pub fn pop_due(&mut self, now: Millis) -> Option<(Millis, K)> {
-        match self.heap.peek() {
-            Some(Reverse((at, _))) if *at <= now => self.heap.pop().map(|Reverse(x)| x),
-            _ => None,
+        let from_fifo = self.fifo.front().map(|(at, _)| *at).filter(|at| *at <= now);
+        let from_heap = self
+            .heap
+            .peek()
+            .map(|Reverse((at, _))| *at)
+            .filter(|at| *at <= now);
+        match (from_fifo, from_heap) {
+            (Some(a), Some(b)) if b < a => self.heap.pop().map(|Reverse(x)| x),
+            (Some(_), _) => self.fifo.pop_front(),
+            (None, Some(_)) => self.heap.pop().map(|Reverse(x)| x),
+            (None, None) => None,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.fifo.len() + self.heap.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.fifo.is_empty() && self.heap.is_empty()
     }
 }
 
@@ -158,4 +175,35 @@ pub fn channel_names(mask: u8) -> Vec<&'static str> {
         .collect();
     v.sort_unstable();
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LazyTimers;
+
+    #[test]
+    fn timers_pop_in_time_order_whatever_the_schedule_order() {
+        let mut t = LazyTimers::default();
+        for (at, k) in [
+            (10, 1u32),
+            (20, 2),
+            (15, 3),
+            (30, 4),
+            (5, 5),
+            (30, 6),
+            (25, 7),
+        ] {
+            t.schedule(at, k);
+        }
+        assert_eq!(t.len(), 7);
+        assert_eq!(t.pop_due(4), None);
+        let mut popped = Vec::new();
+        while let Some(x) = t.pop_due(29) {
+            popped.push(x);
+        }
+        assert_eq!(popped, vec![(5, 5), (10, 1), (15, 3), (20, 2), (25, 7)]);
+        assert_eq!(t.pop_due(30).map(|x| x.0), Some(30));
+        assert_eq!(t.pop_due(30).map(|x| x.0), Some(30));
+        assert!(t.is_empty());
+    }
 }
