@@ -92,8 +92,14 @@ fn run(pairs: usize, pipeline: &Arc<Pipeline>) -> anyhow::Result<Result> {
     }
     let elapsed = t0.elapsed();
     perf_control("disable");
-    eprintln!(
-        "outputs per timed event: {:.3}",
+    let state: Vec<String> = engine
+        .state_sizes()
+        .iter()
+        .map(|(name, n)| format!("{name}={n}"))
+        .collect();
+    println!(
+        "  state at the end: {}; outputs per timed event {:.3}",
+        state.join(" "),
         outputs as f64 / measured as f64
     );
     std::hint::black_box(outputs);

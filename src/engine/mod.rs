@@ -603,16 +603,23 @@ impl Engine {
         }
     }
 
+    /// Entries held by each piece of keyed state.
+    pub fn state_sizes(&self) -> Vec<(&'static str, usize)> {
+        let mut v: Vec<(&'static str, usize)> = self.assets.sizes().to_vec();
+        v.extend([
+            ("session_pairs", self.sessions.len()),
+            ("cdi_pairs", self.pairs.len()),
+            ("reorder", self.reorder.len()),
+            ("dedup", self.dedup.len()),
+            ("rule_timers", self.rules.timers()),
+        ]);
+        v
+    }
+
     /// Updates the state-size gauges.
     pub fn emit_state_metrics(&self) {
-        for (name, n) in self.assets.sizes() {
+        for (name, n) in self.state_sizes() {
             metrics::gauge!(m::STATE_ENTRIES, "state" => name).set(n as f64);
         }
-        metrics::gauge!(m::STATE_ENTRIES, "state" => "session_pairs")
-            .set(self.sessions.len() as f64);
-        metrics::gauge!(m::STATE_ENTRIES, "state" => "cdi_pairs").set(self.pairs.len() as f64);
-        metrics::gauge!(m::STATE_ENTRIES, "state" => "reorder").set(self.reorder.len() as f64);
-        metrics::gauge!(m::STATE_ENTRIES, "state" => "dedup").set(self.dedup.len() as f64);
-        metrics::gauge!(m::STATE_ENTRIES, "state" => "rule_timers").set(self.rules.timers() as f64);
     }
 }

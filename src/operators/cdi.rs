@@ -3,6 +3,8 @@
 //! merges them into per-pair buckets, expires buckets that left the trailing window, and
 //! computes breadth, depth, density and the band on demand.
 
+use std::collections::VecDeque;
+
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
@@ -43,7 +45,8 @@ pub struct PairAggregates {
     cfg: CdiSection,
     kernel: Kernel,
     schema: SchemaRef,
-    pairs: HashMap<Pair, Vec<Bucket>>,
+    /// Buckets of each pair, ascending by start: new ones append, expired ones pop in front.
+    pairs: HashMap<Pair, VecDeque<Bucket>>,
     timers: LazyTimers<Pair>,
     // Rows of the current micro-batch, one per touch.
     pair_col: UInt64Builder,
@@ -155,7 +158,14 @@ impl PairAggregates {
                 dwell_count: val(5, i),
             };
             let buckets = self.pairs.entry(p).or_default();
-            match buckets.binary_search_by_key(&b.start, |x| x.start) {
+            // Nearly always the newest bucket or a new one after it; late touches search.
+            let found = match buckets.back() {
+                Some(last) if last.start == b.start => Ok(buckets.len() - 1),
+                Some(last) if last.start < b.start => Err(buckets.len()),
+                None => Err(0),
+                Some(_) => buckets.binary_search_by_key(&b.start, |x| x.start),
+            };
+            match found {
                 Ok(j) => {
                     let x = &mut buckets[j];
                     x.channels |= b.channels;
@@ -180,7 +190,9 @@ impl PairAggregates {
         let cut = w - self.window_ms;
         while let Some((_, p)) = self.timers.pop_due(w) {
             if let Some(buckets) = self.pairs.get_mut(&p) {
-                buckets.retain(|b| b.start >= cut);
+                while buckets.front().is_some_and(|b| b.start < cut) {
+                    buckets.pop_front();
+                }
                 if buckets.is_empty() {
                     self.pairs.remove(&p);
                 }
