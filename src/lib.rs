@@ -17,6 +17,7 @@ pub mod engine;
 pub mod event;
 pub mod r#gen;
 pub mod live;
+pub mod notify;
 pub mod operators;
 pub mod replay;
 pub mod rules;
