@@ -22,6 +22,9 @@ struct Cli {
 enum Command {
     /// Run the pipeline on NATS JetStream (until SIGINT/SIGTERM), serving /metrics.
     Run(touchstream::live::RunArgs),
+    /// Deliver alerts from touch.alerts.> to the receivers of the pipeline's [notify] section
+    /// (also part of `run` when receivers are declared).
+    Notify(touchstream::live::notify::NotifyArgs),
     /// Start a private NATS server, run the pipeline on generated traffic and print alerts.
     Demo(touchstream::live::DemoArgs),
     /// Replay a JSONL file through the engine, event time only (EVENTS.md §9).
@@ -102,6 +105,12 @@ fn main() -> ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::Run(args) => runtime().and_then(|rt| {
             rt.block_on(touchstream::live::run(
+                args,
+                touchstream::live::shutdown_signal(),
+            ))
+        }),
+        Command::Notify(args) => runtime().and_then(|rt| {
+            rt.block_on(touchstream::live::notify::notify(
                 args,
                 touchstream::live::shutdown_signal(),
             ))

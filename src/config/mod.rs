@@ -213,6 +213,8 @@ pub struct Pipeline {
     pub cdi: CdiSection,
     pub contracts: ContractsSection,
     pub rules: Vec<RuleSpec>,
+    /// `[notify]`: alert delivery (receivers, routes, templates); empty when absent.
+    pub notify: crate::notify::NotifyConfig,
 }
 
 const SECONDS: Millis = 1000;
@@ -280,6 +282,7 @@ impl Pipeline {
         let cdi = ctx.section::<CdiSection>("cdi");
         let contracts = ctx.section::<ContractsSection>("contracts");
         let rules = ctx.rules();
+        let notify = ctx.notify();
         let (
             Some(pipeline),
             Some(directory),
@@ -294,9 +297,10 @@ impl Pipeline {
             Some(cdi),
             Some(contracts),
             Some(rules),
+            Some(notify),
         ) = (
             pipeline, directory, source, time, dedup, asset_join, opens, presence, web, sessions,
-            cdi, contracts, rules,
+            cdi, contracts, rules, notify,
         )
         else {
             return Err(errors(problems));
@@ -316,12 +320,28 @@ impl Pipeline {
             cdi,
             contracts,
             rules,
+            notify,
         };
         p.check(&loc, &mut problems);
+        p.check_notify(&loc, &mut problems);
         if problems.is_empty() {
             Ok(p)
         } else {
             Err(errors(problems))
+        }
+    }
+
+    /// The `[notify]` section's own checks (names, URLs, routes, templates), located.
+    fn check_notify(&self, loc: &locate::Locator, problems: &mut Vec<Problem>) {
+        let Err(errors) = crate::notify::Notifier::new(self.notify.clone()) else {
+            return;
+        };
+        for p in errors.0 {
+            problems.push(Problem {
+                line: locate_dotted(loc, &p.path),
+                path: p.path,
+                message: p.message,
+            });
         }
     }
 
@@ -524,7 +544,28 @@ const SECTIONS: &[&str] = &[
     "cdi",
     "contracts",
     "rules",
+    "notify",
 ];
+
+/// Line of a dotted setting path such as `notify.receivers[1].webhook_url` or
+/// `notify.delivery.max_attempts`: the key inside the innermost table that has a header.
+fn locate_dotted(loc: &locate::Locator, path: &str) -> Option<usize> {
+    let (table, key) = match path.rsplit_once('.') {
+        Some((t, k)) if !k.contains('[') => (t, Some(k)),
+        _ => (path, None),
+    };
+    let (section, index) = match table.split_once('[') {
+        Some((s, rest)) => (s, rest.trim_end_matches(']').parse().unwrap_or(0)),
+        None => (table, 0),
+    };
+    key.and_then(|k| loc.key(section, index, k))
+        .or_else(|| loc.section(section, index))
+        .or_else(|| {
+            // `notify.delivery.x` may be written inside [notify] as a dotted key: try parents.
+            let parent = section.rsplit_once('.').map(|(p, _)| p)?;
+            loc.section(parent, 0)
+        })
+}
 
 struct Ctx<'a> {
     table: &'a toml::Table,
@@ -578,6 +619,63 @@ impl Ctx<'_> {
                 None
             }
         }
+    }
+
+    /// `[notify]` (optional), with its arrays read element by element so that a problem in
+    /// `[[notify.receivers]]` number i points at that table.
+    fn notify(&mut self) -> Option<crate::notify::NotifyConfig> {
+        let Some(v) = self.table.get("notify") else {
+            return Some(crate::notify::NotifyConfig::default());
+        };
+        let Some(t) = v.as_table() else {
+            self.problems.push(Problem {
+                path: "notify".into(),
+                line: self.loc.section("notify", 0),
+                message: "must be a table ([notify])".into(),
+            });
+            return None;
+        };
+        let mut top = t.clone();
+        let mut arrays: Vec<(&str, Vec<toml::Value>)> = Vec::new();
+        for name in ["receivers", "routes", "templates"] {
+            match top.remove(name) {
+                None => arrays.push((name, Vec::new())),
+                Some(toml::Value::Array(items)) => arrays.push((name, items)),
+                Some(_) => {
+                    self.problems.push(Problem {
+                        path: format!("notify.{name}"),
+                        line: self.loc.key("notify", 0, name),
+                        message: format!("must be an array of tables ([[notify.{name}]])"),
+                    });
+                    return None;
+                }
+            }
+        }
+        let mut cfg: Option<crate::notify::NotifyConfig> =
+            self.deserialize(toml::Value::Table(top), "notify", 0, "notify");
+        let mut ok = cfg.is_some();
+        for (name, items) in arrays {
+            let section = format!("notify.{name}");
+            for (i, item) in items.into_iter().enumerate() {
+                let path = format!("{section}[{i}]");
+                let Some(c) = cfg.as_mut() else { continue };
+                match name {
+                    "receivers" => match self.deserialize(item, &section, i, &path) {
+                        Some(r) => c.receivers.push(r),
+                        None => ok = false,
+                    },
+                    "routes" => match self.deserialize(item, &section, i, &path) {
+                        Some(r) => c.routes.push(r),
+                        None => ok = false,
+                    },
+                    _ => match self.deserialize(item, &section, i, &path) {
+                        Some(t) => c.templates.push(t),
+                        None => ok = false,
+                    },
+                }
+            }
+        }
+        cfg.filter(|_| ok)
     }
 
     fn rules(&mut self) -> Option<Vec<RuleSpec>> {

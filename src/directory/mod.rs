@@ -188,6 +188,19 @@ impl Directory {
     pub fn region_of(&self, r: RepIx) -> &str {
         &self.reps[r as usize].region
     }
+    /// A rep's name by `rep_id`.
+    pub fn rep_name(&self, rep_id: &str) -> Option<&str> {
+        self.rep(rep_id)
+            .map(|r| self.reps[r as usize].name.as_str())
+    }
+    /// A customer's name by `customer_id`.
+    pub fn customer_name(&self, customer_id: &str) -> Option<&str> {
+        self.customer(customer_id)
+            .map(|c| self.customers[c as usize].name.as_str())
+    }
+    pub fn region(&self, region: &str) -> Option<&Region> {
+        self.regions.iter().find(|r| r.region == region)
+    }
     pub fn customer_id(&self, c: CustomerIx) -> &str {
         &self.customers[c as usize].customer_id
     }

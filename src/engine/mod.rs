@@ -52,7 +52,7 @@ pub struct Input<'a> {
 struct BatchCounts {
     events_in: [u64; 6],
     late: [u64; 6],
-    dead: [u64; 6],
+    dead: [u64; DeadReason::ALL.len()],
     duplicates: u64,
     unattributed_web: u64,
     ignored_approvals: u64,

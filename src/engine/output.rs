@@ -149,16 +149,19 @@ pub enum DeadReason {
     FutureTimestamp,
     UnresolvedIdentity,
     UnknownAsset,
+    /// An alert a receiver refused for good (written by the notifier, never by the engine).
+    DeliveryFailed,
 }
 
 impl DeadReason {
-    pub const ALL: [DeadReason; 6] = [
+    pub const ALL: [DeadReason; 7] = [
         DeadReason::InvalidJson,
         DeadReason::SchemaViolation,
         DeadReason::Oversized,
         DeadReason::FutureTimestamp,
         DeadReason::UnresolvedIdentity,
         DeadReason::UnknownAsset,
+        DeadReason::DeliveryFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -169,6 +172,7 @@ impl DeadReason {
             DeadReason::FutureTimestamp => "future_timestamp",
             DeadReason::UnresolvedIdentity => "unresolved_identity",
             DeadReason::UnknownAsset => "unknown_asset",
+            DeadReason::DeliveryFailed => "delivery_failed",
         }
     }
 }

@@ -5,6 +5,7 @@
 mod checkpoint;
 pub mod demo;
 pub mod nats_server;
+pub mod notify;
 pub mod run;
 
 use std::future::Future;

@@ -86,6 +86,7 @@ pub(super) async fn run_with(
         directory.clone(),
         ClockMode::Live,
     )?);
+    let notifier = super::notify::prepare(&pipeline, &directory)?;
 
     let stop = Stop::new();
     {
@@ -104,11 +105,29 @@ pub(super) async fn run_with(
 
     let client = connect(&args.nats).await?;
     let js = jetstream::new(client.clone());
+    // The notifier (when `[notify]` declares receivers) delivers what the engine publishes.
+    let notifying = notifier.map(|notifier| {
+        tokio::spawn(super::notify::run_notifier(
+            js.clone(),
+            pipeline.clone(),
+            directory.clone(),
+            notifier,
+            stop.clone(),
+        ))
+    });
     let result = match Live::start(js, pipeline, directory, stop.clone()).await {
         Ok(Some(mut live)) => live.run().await,
         Ok(None) => Ok(()), // stopped before NATS was reachable
         Err(e) => Err(e),
     };
+    if let Some(task) = notifying {
+        stop.request();
+        match task.await {
+            Ok(Err(e)) => tracing::warn!("notifier: {e:#}"),
+            Err(e) => tracing::warn!("notifier task: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
     // Flush and close the connection (acks included) before returning.
     if let Err(e) = client.drain().await {
         tracing::debug!("closing the NATS connection: {e}");

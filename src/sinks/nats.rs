@@ -20,7 +20,7 @@ pub const SESSIONS_STREAM: &str = "TOUCH_SESSIONS";
 pub const DLQ_STREAM: &str = "TOUCH_DLQ";
 
 /// How long the output streams keep records.
-const OUTPUT_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const OUTPUT_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Dedup window of alerts and sessions. A record is republished only when touchstream stops
 /// between publishing a batch's outputs and acking its input; JetStream drops the second copy
 /// by `Nats-Msg-Id` as long as the restart comes within this window.

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod alertmanager;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
