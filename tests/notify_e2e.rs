@@ -296,10 +296,12 @@ async fn alerts_reach_alertmanager_and_wecom_once_and_resolve() -> anyhow::Resul
     )
     .await?;
     running.stop(WAIT).await?;
-    let c = seen.lock().expect("lock");
-    assert_eq!(c.wecom.len(), before, "{:?}", c.wecom);
-    assert!(c.problems.is_empty(), "{:?}", c.problems);
-    drop(c);
+    let (wecom, problems) = {
+        let c = seen.lock().expect("lock");
+        (c.wecom.clone(), c.problems.clone())
+    };
+    assert_eq!(wecom.len(), before, "{wecom:?}");
+    assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(read_stream(&js, "TOUCH_DLQ").await?.len(), 2);
     Ok(())
 }

@@ -760,6 +760,39 @@ mod tests {
     }
 
     #[test]
+    fn notify_problems_point_at_their_table() {
+        let base = default_text();
+        let lines_before = base.lines().count();
+        let text = format!(
+            "{base}\n[notify]\n\n[[notify.receivers]]\nname = \"am\"\nkind = \"alertmanager\"\nurl = \"http://127.0.0.1:9093\"\n\n\
+             [[notify.receivers]]\nname = \"w\"\nkind = \"pager\"\nurl = \"x\"\n\n\
+             [[notify.routes]]\nregion = \"east\"\nreceivers = [\"am\", \"nobody\"]\n"
+        );
+        let err = Pipeline::parse(&text, Path::new("p.toml")).unwrap_err();
+        // The second receiver has an unknown kind: located at its own [[notify.receivers]].
+        let kind = err
+            .problems
+            .iter()
+            .find(|p| p.path == "notify.receivers[1]")
+            .unwrap_or_else(|| panic!("{err}"));
+        assert!(kind.message.contains("pager"), "{err}");
+        assert_eq!(kind.line, Some(lines_before + 9), "{err}");
+        // With the kind fixed, the route to an undeclared receiver is reported, located.
+        let text = text.replace(
+            "kind = \"pager\"\nurl = \"x\"",
+            "kind = \"webhook\"\nurl = \"http://127.0.0.1:1/h\"",
+        );
+        let err = Pipeline::parse(&text, Path::new("p.toml")).unwrap_err();
+        let route = err
+            .problems
+            .iter()
+            .find(|p| p.path.starts_with("notify.routes[0]"))
+            .unwrap_or_else(|| panic!("{err}"));
+        assert!(route.message.contains("nobody"), "{err}");
+        assert!(route.line.is_some_and(|l| l > lines_before + 12), "{err}");
+    }
+
+    #[test]
     fn syntax_error_has_a_line() {
         let err = Pipeline::parse(
             "[time]\nallowed_lateness_seconds = = 3\n",
