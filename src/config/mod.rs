@@ -180,9 +180,15 @@ pub struct RuleSpec {
     #[serde(default)]
     pub filter: Option<String>,
     /// SQL expression (a timestamp) from which the rule may decide.
+    #[serde(default)]
     pub due_at: String,
     /// SQL predicate; may use `due_at`. True at due: the alert fires; later false: resolved.
+    #[serde(default)]
     pub fire_when: String,
+    /// Instead of `filter`, `due_at` and `fire_when`: a whole query over the rule's table and
+    /// the context tables, selecting `__row`, `due_at` and `fire` (README "Rules").
+    #[serde(default)]
+    pub query: Option<String>,
     /// Severity label for receivers.
     #[serde(default = "default_severity")]
     pub severity: String,
@@ -476,6 +482,37 @@ impl Pipeline {
             if !seen.insert(r.name.clone()) {
                 rule_bad("name", format!("rule `{}` is declared twice", r.name));
             }
+            match &r.query {
+                Some(_) => {
+                    for (key, set) in [
+                        ("filter", r.filter.is_some()),
+                        ("due_at", !r.due_at.is_empty()),
+                        ("fire_when", !r.fire_when.is_empty()),
+                    ] {
+                        if set {
+                            rule_bad(key, "`query` replaces `filter`, `due_at` and `fire_when`: give one form".into());
+                        }
+                    }
+                }
+                None => {
+                    for (key, value) in [("due_at", &r.due_at), ("fire_when", &r.fire_when)] {
+                        if value.trim().is_empty() {
+                            problems.push(Problem {
+                                path: format!("rules[{i}].{key}"),
+                                line: loc.section("rules", i),
+                                message: format!("missing `{key}` (or give a `query`)"),
+                            });
+                        }
+                    }
+                }
+            }
+            let mut rule_bad = |key: &str, message: String| {
+                problems.push(Problem {
+                    path: format!("rules[{i}].{key}"),
+                    line: loc.key("rules", i, key),
+                    message,
+                });
+            };
             if !crate::rules::TABLES.contains(&r.table.as_str()) {
                 rule_bad(
                     "table",
@@ -722,7 +759,7 @@ mod tests {
             .expect("default.toml is valid");
         assert_eq!(p.time.allowed_lateness_seconds, 300);
         assert_eq!(p.contracts.process_codes, vec!["PROC-CONTRACT".to_string()]);
-        assert_eq!(p.rules.len(), 1);
+        assert_eq!(p.rules.len(), 2);
         assert_eq!(
             p.directory_path(),
             Path::new("pipelines/../examples/directory")

@@ -34,11 +34,12 @@ impl PartitionStream for SwapInput {
     }
 }
 
-/// A planned query over one input table, re-run per micro-batch.
+/// A planned query over input tables, re-run per micro-batch.
 pub struct Kernel {
     ctx: SessionContext,
     plan: Arc<dyn ExecutionPlan>,
-    rows: Arc<Mutex<Vec<RecordBatch>>>,
+    /// One slot per input table, in the order given to `compile_with`.
+    rows: Vec<Arc<Mutex<Vec<RecordBatch>>>>,
     /// Schema of the query's output.
     pub output_schema: SchemaRef,
 }
@@ -54,18 +55,27 @@ impl std::fmt::Debug for Kernel {
 impl Kernel {
     /// Plans `sql` over a table `table` with `schema`.
     pub fn compile(table: &str, schema: SchemaRef, sql: &str) -> Result<Kernel> {
+        Self::compile_with(&[(table, schema)], sql)
+    }
+
+    /// Plans `sql` over several tables (a rule's rows and its context tables).
+    pub fn compile_with(tables: &[(&str, SchemaRef)], sql: &str) -> Result<Kernel> {
         // One partition: parallelism comes from sharding keys, not from DataFusion (TECH-NOTES).
         let config = SessionConfig::new()
             .with_target_partitions(1)
             .with_batch_size(8192);
         let ctx = SessionContext::new_with_config(config);
-        let rows = Arc::new(Mutex::new(Vec::new()));
-        let input = Arc::new(SwapInput {
-            schema: schema.clone(),
-            rows: rows.clone(),
-        });
-        let table_provider = StreamingTable::try_new(schema, vec![input])?;
-        ctx.register_table(table, Arc::new(table_provider))?;
+        let mut rows = Vec::new();
+        for (table, schema) in tables {
+            let slot = Arc::new(Mutex::new(Vec::new()));
+            let input = Arc::new(SwapInput {
+                schema: schema.clone(),
+                rows: slot.clone(),
+            });
+            let table_provider = StreamingTable::try_new(schema.clone(), vec![input])?;
+            ctx.register_table(*table, Arc::new(table_provider))?;
+            rows.push(slot);
+        }
         let plan = futures::executor::block_on(async {
             let df = ctx.sql(sql).await?;
             df.create_physical_plan().await
@@ -81,14 +91,21 @@ impl Kernel {
 
     /// Runs the plan over `input` and returns its output rows.
     pub fn run(&self, input: RecordBatch) -> Result<Vec<RecordBatch>> {
-        if input.num_rows() == 0 {
+        self.run_with(vec![input])
+    }
+
+    /// Runs the plan with one batch per input table (same order as `compile_with`); nothing
+    /// when the first table has no rows.
+    pub fn run_with(&self, inputs: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        if inputs.first().is_none_or(|b| b.num_rows() == 0) {
             return Ok(Vec::new());
         }
-        *self
-            .rows
-            .lock()
-            .map_err(|_| DataFusionError::Internal("kernel input lock poisoned".into()))? =
-            vec![input];
+        for (slot, input) in self.rows.iter().zip(inputs) {
+            *slot
+                .lock()
+                .map_err(|_| DataFusionError::Internal("kernel input lock poisoned".into()))? =
+                vec![input];
+        }
         let plan = reset_plan_states(self.plan.clone())?;
         // Unconstrained: inside a tokio task whose coop budget is spent, DataFusion's streams
         // would keep answering Pending and this blocking wait would spin forever.

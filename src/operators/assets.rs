@@ -144,6 +144,11 @@ impl AssetJoin {
         self.slab.get(ix as usize).and_then(Option::as_ref)
     }
 
+    /// The retained assets sent to a pair.
+    pub fn assets_of(&self, pair: Pair) -> &[AssetIx] {
+        self.links.get(&pair).map_or(&[], |l| l.assets.as_slice())
+    }
+
     /// Whether `asset_id` has been sent (and not yet expired).
     pub fn knows(&self, asset_id: &str) -> bool {
         self.by_id.contains_key(asset_id)

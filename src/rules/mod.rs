@@ -20,8 +20,11 @@ use crate::operators::assets::{Asset, AssetIx, AssetJoin};
 
 pub use table::assets_schema;
 
-/// Operator tables a rule may read.
+/// Operator tables a rule's rows come from.
 pub const TABLES: &[&str] = &["assets"];
+/// Context table a rule may join: every retained asset of the pairs of the rows evaluated
+/// (same columns as `assets`).
+pub const PAIR_ASSETS: &str = "pair_assets";
 
 /// Where an alert of one rule stands for one row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +37,13 @@ pub struct AlertMark {
 struct CompiledRule {
     spec: RuleSpec,
     kernel: Kernel,
+    /// Output columns: the row, `due_at`, the fire flag, then evidence columns by name.
+    row_col: usize,
+    due_col: usize,
+    fire_col: usize,
+    evidence_cols: Vec<(usize, String)>,
+    /// Reads `pair_assets`: its rows depend on the other assets of their pair.
+    uses_pair: bool,
 }
 
 /// The pipeline's rules, planned.
@@ -59,10 +69,7 @@ pub fn compile(p: &Pipeline) -> Result<RuleSet, Vec<Problem>> {
     let mut problems = Vec::new();
     for (i, spec) in p.rules.iter().enumerate() {
         match compile_rule(spec) {
-            Ok(kernel) => rules.push(CompiledRule {
-                spec: spec.clone(),
-                kernel,
-            }),
+            Ok(rule) => rules.push(rule),
             Err((key, message)) => problems.push(p.rule_problem(i, key, message)),
         }
     }
@@ -80,12 +87,21 @@ fn first_line(e: impl std::fmt::Display) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
+fn tables(spec: &RuleSpec) -> [(&str, datafusion::arrow::datatypes::SchemaRef); 2] {
+    [
+        (spec.table.as_str(), assets_schema()),
+        (PAIR_ASSETS, assets_schema()),
+    ]
+}
+
 /// Plans a rule piece by piece, so that an error names the setting it is in.
-fn compile_rule(spec: &RuleSpec) -> Result<Kernel, (&'static str, String)> {
-    let schema = assets_schema();
+fn compile_rule(spec: &RuleSpec) -> Result<CompiledRule, (&'static str, String)> {
+    if let Some(query) = &spec.query {
+        return compile_query(spec, query);
+    }
     let filter = spec.filter.as_deref().unwrap_or("TRUE");
     let probe = |key: &'static str, sql: String| {
-        Kernel::compile(&spec.table, schema.clone(), &sql).map_err(|e| (key, first_line(e)))
+        Kernel::compile_with(&tables(spec), &sql).map_err(|e| (key, first_line(e)))
     };
     probe(
         "filter",
@@ -124,7 +140,66 @@ fn compile_rule(spec: &RuleSpec) -> Result<Kernel, (&'static str, String)> {
             ),
         ));
     }
-    Ok(kernel)
+    Ok(CompiledRule {
+        spec: spec.clone(),
+        kernel,
+        row_col: 0,
+        due_col: 1,
+        fire_col: 2,
+        evidence_cols: Vec::new(),
+        uses_pair: false,
+    })
+}
+
+/// A `query` rule: one SELECT over the rule's table and `pair_assets`, with columns `__row`,
+/// `due_at` (timestamp) and `fire` (boolean); any other column is copied into the evidence.
+fn compile_query(spec: &RuleSpec, query: &str) -> Result<CompiledRule, (&'static str, String)> {
+    let kernel =
+        Kernel::compile_with(&tables(spec), query).map_err(|e| ("query", first_line(e)))?;
+    let schema = kernel.output_schema.clone();
+    let find = |name: &str, ok: &dyn Fn(&DataType) -> bool, want: &str| {
+        let (i, f) = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .find(|(_, f)| f.name() == name)
+            .ok_or(("query", format!("must select a column `{name}` ({want})")))?;
+        if ok(f.data_type()) {
+            Ok(i)
+        } else {
+            Err((
+                "query",
+                format!("column `{name}` must be {want}, found {}", f.data_type()),
+            ))
+        }
+    };
+    let row_col = find(
+        "__row",
+        &|t| t == &DataType::UInt32,
+        "the row key: select `__row` of the rule's table",
+    )?;
+    let due_col = find(
+        "due_at",
+        &|t| matches!(t, DataType::Timestamp(_, _)),
+        "a timestamp",
+    )?;
+    let fire_col = find("fire", &|t| t == &DataType::Boolean, "a boolean")?;
+    let evidence_cols = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ![row_col, due_col, fire_col].contains(i))
+        .map(|(i, f)| (i, f.name().clone()))
+        .collect();
+    Ok(CompiledRule {
+        spec: spec.clone(),
+        kernel,
+        row_col,
+        due_col,
+        fire_col,
+        evidence_cols,
+        uses_pair: query.contains(PAIR_ASSETS),
+    })
 }
 
 /// How the engine stamps `fired_at` and `resolved_at`.
@@ -175,23 +250,51 @@ impl RuleSet {
         if rows.is_empty() {
             return Ok(());
         }
+        let uses_pair = self.rules.iter().any(|r| r.uses_pair);
+        if uses_pair {
+            // A pair rule's row depends on the pair's other assets: evaluate them together.
+            let pairs: Vec<_> = rows
+                .iter()
+                .filter_map(|ix| assets.asset(*ix).map(|a| a.pair))
+                .collect();
+            for p in pairs {
+                rows.extend_from_slice(assets.assets_of(p));
+            }
+        }
         rows.sort_unstable();
         rows.dedup();
         rows.retain(|ix| assets.asset(*ix).is_some());
         let batch = table::assets_batch(&rows, assets, dir)?;
+        let context = if uses_pair {
+            let mut pairs: Vec<_> = rows
+                .iter()
+                .filter_map(|ix| assets.asset(*ix).map(|a| a.pair))
+                .collect();
+            pairs.sort_unstable();
+            pairs.dedup();
+            let all: Vec<AssetIx> = pairs
+                .iter()
+                .flat_map(|p| assets.assets_of(*p).iter().copied())
+                .collect();
+            table::assets_batch(&all, assets, dir)?
+        } else {
+            datafusion::arrow::record_batch::RecordBatch::new_empty(assets_schema())
+        };
         for r in 0..self.rules.len() {
-            let results = self.rules[r].kernel.run(batch.clone())?;
+            let rule = &self.rules[r];
+            let (row_col, due_col, fire_col) = (rule.row_col, rule.due_col, rule.fire_col);
+            let results = rule.kernel.run_with(vec![batch.clone(), context.clone()])?;
             for res in &results {
-                let ixs = res.column(0).as_primitive::<UInt32Type>();
+                let ixs = res.column(row_col).as_primitive::<UInt32Type>();
                 let due_col = cast(
                     &cast(
-                        res.column(1),
+                        res.column(due_col),
                         &DataType::Timestamp(TimeUnit::Millisecond, None),
                     )?,
                     &DataType::Int64,
                 )?;
                 let due = due_col.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
-                let fire = res.column(2).as_boolean();
+                let fire = res.column(fire_col).as_boolean();
                 for i in 0..res.num_rows() {
                     if due.is_null(i) {
                         continue;
@@ -208,7 +311,8 @@ impl RuleSet {
                     }
                     a.decision_due = Millis::MAX;
                     let firing = !fire.is_null(i) && fire.value(i);
-                    self.decide(r, a, due_at, firing, dir, stamp, out);
+                    let extra = evidence_columns(res, &self.rules[r].evidence_cols, i);
+                    self.decide(r, a, due_at, firing, extra, dir, stamp, out);
                 }
             }
         }
@@ -222,6 +326,7 @@ impl RuleSet {
         a: &mut Asset,
         due_at: Millis,
         firing: bool,
+        extra: Map<String, Value>,
         dir: &Directory,
         stamp: Stamp,
         out: &mut Vec<Alert>,
@@ -243,7 +348,9 @@ impl RuleSet {
                     fired_at,
                 };
                 a.alerts[r] = Some(mark);
-                out.push(alert(spec, a, mark, evidence(a, due_at), dir));
+                let mut ev = evidence(a, due_at);
+                ev.extend(extra);
+                out.push(alert(spec, a, mark, ev, dir));
             }
             (Some(m), false) if m.status == AlertStatus::Firing => {
                 let resolved_at = stamp
@@ -255,6 +362,7 @@ impl RuleSet {
                 };
                 a.alerts[r] = Some(mark);
                 let mut ev = evidence(a, m.due_at);
+                ev.extend(extra);
                 ev.insert("resolved_at".into(), json!(format_time(resolved_at)));
                 ev.insert(
                     "resolved_by".into(),
@@ -288,6 +396,41 @@ fn alert(
         fired_at: m.fired_at,
         evidence,
     }
+}
+
+/// A query rule's extra columns for one output row, as evidence (times in RFC 3339).
+fn evidence_columns(
+    res: &datafusion::arrow::record_batch::RecordBatch,
+    cols: &[(usize, String)],
+    i: usize,
+) -> Map<String, Value> {
+    use datafusion::arrow::datatypes::{Float64Type, Int64Type, UInt64Type};
+    let mut m = Map::new();
+    for (c, name) in cols {
+        let col = res.column(*c);
+        let v = if col.is_null(i) {
+            Value::Null
+        } else {
+            match col.data_type() {
+                DataType::Int64 => json!(col.as_primitive::<Int64Type>().value(i)),
+                DataType::UInt64 => json!(col.as_primitive::<UInt64Type>().value(i)),
+                DataType::Float64 => json!(col.as_primitive::<Float64Type>().value(i)),
+                DataType::Boolean => json!(col.as_boolean().value(i)),
+                DataType::Timestamp(_, _) => {
+                    match cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None))
+                        .and_then(|c| cast(&c, &DataType::Int64))
+                    {
+                        Ok(ms) => json!(format_time(ms.as_primitive::<Int64Type>().value(i))),
+                        Err(_) => Value::Null,
+                    }
+                }
+                _ => datafusion::arrow::util::display::array_value_to_string(col, i)
+                    .map_or(Value::Null, Value::String),
+            }
+        };
+        m.insert(name.clone(), v);
+    }
+    m
 }
 
 /// Evidence of an asset alert; counts cover effective times [sent_at, due_at] (EVENTS.md §8).
@@ -325,7 +468,7 @@ mod tests {
     fn the_default_rules_plan() {
         let dir = tempfile::tempdir().expect("tmp");
         let p = pipeline(&default_text(), dir.path());
-        assert_eq!(compile(&p).expect("plans").len(), 1);
+        assert_eq!(compile(&p).expect("plans").len(), 2);
     }
 
     #[test]
@@ -333,7 +476,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let text = default_text()
             .replace("counted_opens >= 3 AND", "no_such_column >= 3 AND")
-            .replace("[[rules]]", "[[rules]]\nname = \"second\"\ntable = \"assets\"\ndue_at = \"counted_opens\"\nfire_when = \"true\"\n\n[[rules]]");
+            .replacen("[[rules]]", "[[rules]]\nname = \"second\"\ntable = \"assets\"\ndue_at = \"counted_opens\"\nfire_when = \"true\"\n\n[[rules]]", 1);
         let p = pipeline(&text, dir.path());
         let problems = compile(&p).expect_err("two bad rules");
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
