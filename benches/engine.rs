@@ -3,7 +3,8 @@
 //! with `touchstream::gen`, warms the engine with all but the last events (setup, untimed), then
 //! times the last events through `Engine::process` in 4096-line micro-batches on one thread.
 //!
-//! Run: `cargo bench --bench engine` (sizes: `TOUCHSTREAM_BENCH_PAIRS=10000,100000`).
+//! Run: `cargo bench --bench engine` (sizes: `TOUCHSTREAM_BENCH_PAIRS=10000,100000`; another
+//! pipeline file: `TOUCHSTREAM_BENCH_PIPELINE=FILE`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -128,9 +129,17 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![10_000, 100_000, 1_000_000]);
-    let pipeline = Arc::new(Pipeline::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml"),
-    )?);
+    // TOUCHSTREAM_BENCH_PIPELINE=FILE measures another pipeline (e.g. other rules).
+    let file = std::env::var("TOUCHSTREAM_BENCH_PIPELINE").map_or_else(
+        |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml"),
+        std::path::PathBuf::from,
+    );
+    let pipeline = Arc::new(Pipeline::load(&file)?);
+    println!(
+        "pipeline {} ({} rules)",
+        file.display(),
+        pipeline.rules.len()
+    );
     println!("engine/replay  (JSON decoding included, one thread, {BATCH}-line micro-batches)");
     let mut results = Vec::new();
     for pairs in sizes {

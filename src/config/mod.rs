@@ -486,11 +486,10 @@ impl Pipeline {
                 Some(_) => {
                     for (key, set) in [
                         ("filter", r.filter.is_some()),
-                        ("due_at", !r.due_at.is_empty()),
                         ("fire_when", !r.fire_when.is_empty()),
                     ] {
                         if set {
-                            rule_bad(key, "`query` replaces `filter`, `due_at` and `fire_when`: give one form".into());
+                            rule_bad(key, "`query` replaces `filter` and `fire_when`: give one form (a query rule may keep `due_at`)".into());
                         }
                     }
                 }

@@ -44,6 +44,9 @@ struct CompiledRule {
     evidence_cols: Vec<(usize, String)>,
     /// Reads `pair_assets`: its rows depend on the other assets of their pair.
     uses_pair: bool,
+    /// A query rule's own `due_at` over its row alone: the query then runs only on rows whose
+    /// decision is due (the rest get a timer), which keeps joins off the per-event path.
+    due_kernel: Option<Kernel>,
 }
 
 /// The pipeline's rules, planned.
@@ -148,6 +151,7 @@ fn compile_rule(spec: &RuleSpec) -> Result<CompiledRule, (&'static str, String)>
         fire_col: 2,
         evidence_cols: Vec::new(),
         uses_pair: false,
+        due_kernel: None,
     })
 }
 
@@ -184,6 +188,31 @@ fn compile_query(spec: &RuleSpec, query: &str) -> Result<CompiledRule, (&'static
         "a timestamp",
     )?;
     let fire_col = find("fire", &|t| t == &DataType::Boolean, "a boolean")?;
+    let due_kernel = if spec.due_at.trim().is_empty() {
+        None
+    } else {
+        let k = Kernel::compile_with(
+            &tables(spec),
+            &format!(
+                "SELECT __row, ({}) AS due_at FROM {}",
+                spec.due_at, spec.table
+            ),
+        )
+        .map_err(|e| ("due_at", first_line(e)))?;
+        if !matches!(
+            k.output_schema.field(1).data_type(),
+            DataType::Timestamp(_, _)
+        ) {
+            return Err((
+                "due_at",
+                format!(
+                    "must be a timestamp expression, found {}",
+                    k.output_schema.field(1).data_type()
+                ),
+            ));
+        }
+        Some(k)
+    };
     let evidence_cols = schema
         .fields()
         .iter()
@@ -199,6 +228,7 @@ fn compile_query(spec: &RuleSpec, query: &str) -> Result<CompiledRule, (&'static
         fire_col,
         evidence_cols,
         uses_pair: query.contains(PAIR_ASSETS),
+        due_kernel,
     })
 }
 
@@ -265,7 +295,8 @@ impl RuleSet {
         rows.dedup();
         rows.retain(|ix| assets.asset(*ix).is_some());
         let batch = table::assets_batch(&rows, assets, dir)?;
-        let context = if uses_pair {
+        let empty = datafusion::arrow::record_batch::RecordBatch::new_empty(assets_schema());
+        let context_of = |rows: &[AssetIx]| {
             let mut pairs: Vec<_> = rows
                 .iter()
                 .filter_map(|ix| assets.asset(*ix).map(|a| a.pair))
@@ -276,24 +307,64 @@ impl RuleSet {
                 .iter()
                 .flat_map(|p| assets.assets_of(*p).iter().copied())
                 .collect();
-            table::assets_batch(&all, assets, dir)?
-        } else {
-            datafusion::arrow::record_batch::RecordBatch::new_empty(assets_schema())
+            table::assets_batch(&all, assets, dir)
         };
-        for r in 0..self.rules.len() {
+        let mut inputs = Vec::with_capacity(self.rules.len());
+        let mut waiting: Vec<(AssetIx, Millis)> = Vec::new();
+        for rule in &self.rules {
+            let Some(pre) = &rule.due_kernel else {
+                let context = if rule.uses_pair {
+                    context_of(&rows)?
+                } else {
+                    empty.clone()
+                };
+                inputs.push(Some((batch.clone(), context)));
+                continue;
+            };
+            // Rows not yet due only get a timer; the query runs on the due ones.
+            let mut ready = Vec::new();
+            for res in pre.run(batch.clone())? {
+                let ixs = res.column(0).as_primitive::<UInt32Type>();
+                let due = millis(res.column(1))?;
+                for i in 0..res.num_rows() {
+                    if due.is_null(i) {
+                        continue;
+                    }
+                    let (ix, due_at) = (ixs.value(i), due.value(i));
+                    if stamp.decidable(due_at) {
+                        ready.push(ix);
+                    } else {
+                        waiting.push((ix, due_at));
+                    }
+                }
+            }
+            if ready.is_empty() {
+                inputs.push(None);
+                continue;
+            }
+            let context = if rule.uses_pair {
+                context_of(&ready)?
+            } else {
+                empty.clone()
+            };
+            inputs.push(Some((table::assets_batch(&ready, assets, dir)?, context)));
+        }
+        for (ix, due_at) in waiting {
+            if let Some(a) = assets.asset_mut(ix) {
+                a.decision_due = a.decision_due.min(due_at);
+                self.timers.schedule(due_at.saturating_add(1), ix);
+            }
+        }
+        for (r, input) in inputs.into_iter().enumerate() {
+            let Some((rows_batch, context)) = input else {
+                continue;
+            };
             let rule = &self.rules[r];
             let (row_col, due_col, fire_col) = (rule.row_col, rule.due_col, rule.fire_col);
-            let results = rule.kernel.run_with(vec![batch.clone(), context.clone()])?;
+            let results = rule.kernel.run_with(vec![rows_batch, context])?;
             for res in &results {
                 let ixs = res.column(row_col).as_primitive::<UInt32Type>();
-                let due_col = cast(
-                    &cast(
-                        res.column(due_col),
-                        &DataType::Timestamp(TimeUnit::Millisecond, None),
-                    )?,
-                    &DataType::Int64,
-                )?;
-                let due = due_col.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+                let due = millis(res.column(due_col))?;
                 let fire = res.column(fire_col).as_boolean();
                 for i in 0..res.num_rows() {
                     if due.is_null(i) {
@@ -396,6 +467,19 @@ fn alert(
         fired_at: m.fired_at,
         evidence,
     }
+}
+
+/// A timestamp column as epoch milliseconds.
+fn millis(
+    col: &datafusion::arrow::array::ArrayRef,
+) -> datafusion::error::Result<datafusion::arrow::array::Int64Array> {
+    let ms = cast(
+        &cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None))?,
+        &DataType::Int64,
+    )?;
+    Ok(ms
+        .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+        .clone())
 }
 
 /// A query rule's extra columns for one output row, as evidence (times in RFC 3339).
