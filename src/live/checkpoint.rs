@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use async_nats::jetstream::context::Context;
 use async_nats::jetstream::kv::Store;
-use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Millis;
@@ -30,28 +29,9 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Opens (creating if needed) the bucket. Created by hand: async-nats 0.51's
-    /// `create_key_value` cannot parse nats-server 2.9's account info (TECH-NOTES), so the
-    /// `KV_<bucket>` stream is made with the settings a KV bucket has, then opened as a bucket.
+    /// Opens (creating if needed) the bucket.
     pub async fn open(js: &Context, durable: &str) -> anyhow::Result<Checkpoint> {
-        js.get_or_create_stream(Config {
-            name: format!("KV_{BUCKET}"),
-            subjects: vec![format!("$KV.{BUCKET}.>")],
-            max_messages_per_subject: 1,
-            storage: StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: DiscardPolicy::New,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .with_context(|| format!("creating the KV_{BUCKET} stream"))?;
-        let kv = js
-            .get_key_value(BUCKET)
-            .await
-            .with_context(|| format!("opening bucket {BUCKET}"))?;
+        let kv = super::open_kv(js, BUCKET, Duration::ZERO).await?;
         Ok(Checkpoint {
             kv,
             key: format!("{durable}.watermark"),

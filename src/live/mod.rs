@@ -19,6 +19,36 @@ pub use checkpoint::{BUCKET as STATE_BUCKET, State as CheckpointState};
 pub use demo::{DemoArgs, demo, publish_lines};
 pub use run::{RunArgs, run};
 
+/// Opens a JetStream key-value bucket, creating it when missing. Created by hand: async-nats
+/// 0.51's `create_key_value` cannot parse nats-server 2.9's account info (TECH-NOTES), so the
+/// `KV_<bucket>` stream is made with the settings a KV bucket has, then opened as a bucket.
+/// `max_age` zero keeps keys forever.
+pub async fn open_kv(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    max_age: Duration,
+) -> anyhow::Result<async_nats::jetstream::kv::Store> {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
+    js.get_or_create_stream(Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: DiscardPolicy::New,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("creating the KV_{bucket} stream"))?;
+    js.get_key_value(bucket)
+        .await
+        .with_context(|| format!("opening bucket {bucket}"))
+}
+
 /// Connects to NATS the way a long-running service should: keep trying when the server is not
 /// up yet, reconnect forever when it goes away.
 pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {

@@ -14,7 +14,6 @@ use anyhow::Context as _;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::context::Context;
 use async_nats::jetstream::kv::Store;
-use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
 use async_nats::jetstream::{self, AckKind, Message};
 use base64::Engine as _;
 use bytes::Bytes;
@@ -208,28 +207,9 @@ pub async fn run_notifier(
 /// Creates (idempotently) the ledger bucket and the durable consumer.
 async fn open(js: &Context) -> anyhow::Result<(PullConsumer, Store)> {
     crate::sinks::nats::ensure_output_streams(js).await?;
-    // Created by hand, as the checkpoint bucket is (TECH-NOTES: async-nats 0.51's
-    // create_key_value cannot parse nats-server 2.9's account info). Keys live as long as the
-    // alerts stream keeps alerts, so any alert JetStream can redeliver is still remembered.
-    js.get_or_create_stream(Config {
-        name: format!("KV_{LEDGER_BUCKET}"),
-        subjects: vec![format!("$KV.{LEDGER_BUCKET}.>")],
-        max_messages_per_subject: 1,
-        max_age: OUTPUT_MAX_AGE,
-        storage: StorageType::File,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: DiscardPolicy::New,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
-    .await
-    .with_context(|| format!("creating the KV_{LEDGER_BUCKET} stream"))?;
-    let ledger = js
-        .get_key_value(LEDGER_BUCKET)
-        .await
-        .with_context(|| format!("opening bucket {LEDGER_BUCKET}"))?;
+    // Keys live as long as the alerts stream keeps alerts, so any alert JetStream can
+    // redeliver is still remembered.
+    let ledger = super::open_kv(js, LEDGER_BUCKET, OUTPUT_MAX_AGE).await?;
     let stream = js
         .get_stream(ALERTS_STREAM)
         .await

@@ -97,6 +97,17 @@ fn tables(spec: &RuleSpec) -> [(&str, datafusion::arrow::datatypes::SchemaRef); 
     ]
 }
 
+/// `due_at` (output column `col` of `k`) must be a timestamp.
+fn timestamp_due(k: &Kernel, col: usize) -> Result<(), (&'static str, String)> {
+    match k.output_schema.field(col).data_type() {
+        DataType::Timestamp(_, _) => Ok(()),
+        other => Err((
+            "due_at",
+            format!("must be a timestamp expression, found {other}"),
+        )),
+    }
+}
+
 /// Plans a rule piece by piece, so that an error names the setting it is in.
 fn compile_rule(spec: &RuleSpec) -> Result<CompiledRule, (&'static str, String)> {
     if let Some(query) = &spec.query {
@@ -114,18 +125,7 @@ fn compile_rule(spec: &RuleSpec) -> Result<CompiledRule, (&'static str, String)>
         "due_at",
         format!("SELECT ({}) AS due_at FROM {}", spec.due_at, spec.table),
     )?;
-    if !matches!(
-        due.output_schema.field(0).data_type(),
-        DataType::Timestamp(_, _)
-    ) {
-        return Err((
-            "due_at",
-            format!(
-                "must be a timestamp expression, found {}",
-                due.output_schema.field(0).data_type()
-            ),
-        ));
-    }
+    timestamp_due(&due, 0)?;
     let sql = format!(
         "SELECT __row, due_at, ({fire}) AS __fire FROM \
          (SELECT *, ({due}) AS due_at FROM {table} WHERE ({filter})) AS rows",
@@ -199,18 +199,7 @@ fn compile_query(spec: &RuleSpec, query: &str) -> Result<CompiledRule, (&'static
             ),
         )
         .map_err(|e| ("due_at", first_line(e)))?;
-        if !matches!(
-            k.output_schema.field(1).data_type(),
-            DataType::Timestamp(_, _)
-        ) {
-            return Err((
-                "due_at",
-                format!(
-                    "must be a timestamp expression, found {}",
-                    k.output_schema.field(1).data_type()
-                ),
-            ));
-        }
+        timestamp_due(&k, 1)?;
         Some(k)
     };
     let evidence_cols = schema
