@@ -63,12 +63,22 @@ fn validate(files: &[PathBuf]) -> bool {
             Ok(p) => {
                 let mut problems = rules::compile(&p).err().unwrap_or_default();
                 let dir = p.directory_path();
-                if let Err(e) = touchstream::directory::Directory::load(&dir) {
-                    problems.push(touchstream::config::Problem {
+                match touchstream::directory::Directory::load(&dir) {
+                    Err(e) => problems.push(touchstream::config::Problem {
                         path: "directory.path".into(),
                         line: None,
                         message: format!("{e:#}"),
-                    });
+                    }),
+                    // Receivers named by regions.csv must be declared in [notify].
+                    Ok(d) => {
+                        if let Err(e) = touchstream::live::notify::prepare(&p, &d) {
+                            problems.push(touchstream::config::Problem {
+                                path: "notify.routes".into(),
+                                line: None,
+                                message: format!("{e:#}"),
+                            });
+                        }
+                    }
                 }
                 if problems.is_empty() {
                     println!("{}: ok ({} rule(s))", f.display(), p.rules.len());
