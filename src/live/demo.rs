@@ -287,6 +287,29 @@ fn describe_alert(a: &Value, names: &Names) -> String {
     let ev = &a["evidence"];
     let asset = a["asset_id"].as_str().unwrap_or("-");
     let who = format!("{rep} ({rep_id}, {region}) -> {customer} ({customer_id})");
+    let rule = s(&a["rule"]);
+    if rule != "quote_hot_no_contract" {
+        let head = if a["status"] == "resolved" {
+            "RESOLVED"
+        } else {
+            "ALERT   "
+        };
+        let what = match (rule.as_str(), a["status"] == "resolved") {
+            ("ghost_followup", false) => format!(
+                "ghost follow-up: {} assets sent since {}, the last ({asset}) {}; none opened by {}",
+                ev["assets_sent_14d"],
+                human_time(&ev["first_sent_at"]),
+                human_time(&ev["quote_sent_at"]),
+                human_time(&a["due_at"]),
+            ),
+            (_, true) => format!(
+                "{rule}: resolved {} by late data",
+                human_time(&ev["resolved_at"])
+            ),
+            (_, false) => format!("{rule} on {asset}, due {}", human_time(&a["due_at"])),
+        };
+        return format!("{head}  {who}\n          {what}");
+    }
     if a["status"] == "resolved" {
         format!(
             "RESOLVED  {who}\n          resolved {} by late contract event {}: quote {asset} is no longer overdue",
@@ -378,6 +401,17 @@ mod tests {
             describe_alert(&resolved, &names),
             "RESOLVED  Li Wei (r1, east) -> Kangda Pharmacy #12 (c1)\n          \
              resolved 2026-11-08 10:00 UTC by late contract event e-77: quote q1 is no longer overdue"
+        );
+
+        let mut ghost = alert.clone();
+        ghost["rule"] = "ghost_followup".into();
+        ghost["evidence"]["assets_sent_14d"] = 3.into();
+        ghost["evidence"]["first_sent_at"] = "2026-10-25T09:00:00.000Z".into();
+        assert_eq!(
+            describe_alert(&ghost, &names),
+            "ALERT     Li Wei (r1, east) -> Kangda Pharmacy #12 (c1)\n          \
+             ghost follow-up: 3 assets sent since 2026-10-25 09:00 UTC, the last (q1) \
+             2026-11-02 09:00 UTC; none opened by 2026-11-07 09:00 UTC"
         );
     }
 }
