@@ -170,6 +170,9 @@ async fn alerts_reach_alertmanager_and_wecom_once_and_resolve() -> anyhow::Resul
     let fired_at =
         chrono::DateTime::parse_from_rfc3339(fired[0].json["fired_at"].as_str().unwrap_or(""))?;
     assert_eq!(starts, fired_at, "startsAt is fired_at");
+    // Held active (firing_hold_hours, a week by default), not resolved after resolve_timeout.
+    let ends = chrono::DateTime::parse_from_rfc3339(active[0]["endsAt"].as_str().unwrap_or(""))?;
+    assert!(ends - starts > chrono::Duration::days(6), "{active:?}");
     assert!(
         active[0]["annotations"]["dashboard"]
             .as_str()

@@ -26,6 +26,10 @@ use crate::event::{Millis, format_time, parse_time};
 pub use deliver::{Delivery, Dispatcher, Report, Ticket};
 pub use template::Templates;
 
+fn default_firing_hold_hours() -> Option<u64> {
+    Some(168)
+}
+
 /// One receiver of the `[[notify.receivers]]` array, tagged by `kind`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
@@ -35,10 +39,11 @@ pub enum Receiver {
         name: String,
         /// Base URL, e.g. `http://127.0.0.1:9093`.
         url: String,
-        /// Firing alerts carry no `endsAt`, so Alertmanager resolves them by itself after its
-        /// `resolve_timeout` unless they are re-sent. When set, firing alerts get
-        /// `endsAt = now + this`, keeping them active that long (or until resolved).
-        #[serde(default)]
+        /// touchstream sends a firing alert once, so without an `endsAt` Alertmanager would
+        /// resolve it by itself after its `resolve_timeout` (5 min by default) and tell the
+        /// receivers so. Firing alerts therefore get `endsAt = now + this` (default 7 days):
+        /// active until resolved, or until the hold runs out.
+        #[serde(default = "default_firing_hold_hours")]
         firing_hold_hours: Option<u64>,
     },
     /// WeCom (企业微信) group robot.
