@@ -42,6 +42,8 @@ const MAX_IN_FLIGHT: usize = 1000;
 const ACK_WAIT: Duration = Duration::from_secs(60);
 const PROGRESS_EVERY: Duration = Duration::from_secs(20);
 const FETCH: usize = 100;
+/// A receiver that stayed away through every retry gets the alert again after this.
+const REDELIVER_AFTER: Duration = Duration::from_secs(30);
 const FETCH_EXPIRES: Duration = Duration::from_secs(1);
 const RETRY_START: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -302,6 +304,7 @@ impl Shared {
             }
         }
         let mut all_done = true;
+        let mut deferred = false;
         for (name, key, ticket) in pending {
             let Some(report) = self.wait_reporting_progress(&msg, ticket).await else {
                 all_done = false;
@@ -314,6 +317,15 @@ impl Shared {
                     let latency = (wall_clock_ms() - view.fired_at_ms).max(0) as f64 / 1000.0;
                     metrics::histogram!(NOTIFY_LATENCY_SECONDS, "receiver" => name.clone())
                         .record(latency);
+                }
+                Report::Failed { .. } if report.gave_up() => {
+                    // The receiver is away, not refusing: JetStream redelivers the alert after
+                    // the delay, and the ledger skips the receivers that already have it.
+                    metrics::counter!(NOTIFICATIONS, "receiver" => name.clone(), "outcome" => "deferred")
+                        .increment(1);
+                    tracing::warn!(alert_id = %view.alert_id, "{}; trying again in {:?}", report.error(&name).unwrap_or_default(), REDELIVER_AFTER);
+                    deferred = true;
+                    continue;
                 }
                 Report::Failed { .. } => {
                     metrics::counter!(NOTIFICATIONS, "receiver" => name.clone(), "outcome" => "failed")
@@ -337,7 +349,11 @@ impl Shared {
                 tracing::warn!("notifier: writing the ledger: {e}");
             }
         }
-        if all_done {
+        if deferred {
+            if let Err(e) = msg.ack_with(AckKind::Nak(Some(REDELIVER_AFTER))).await {
+                tracing::debug!("notifier: nak: {e}");
+            }
+        } else if all_done {
             ack(&msg).await;
         }
     }

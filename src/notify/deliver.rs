@@ -153,6 +153,12 @@ impl Report {
         matches!(self, Report::Delivered { .. })
     }
 
+    /// Retries ran out on errors that may pass (network, 5xx, rate limits): the alert should be
+    /// tried again later rather than dead-lettered.
+    pub fn gave_up(&self) -> bool {
+        matches!(self, Report::Failed { response: None, attempts, .. } if *attempts > 0)
+    }
+
     /// The text of the dead letter's `error`.
     pub fn error(&self, receiver: &str) -> Option<String> {
         match self {
@@ -787,6 +793,25 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_exhausted_retries_are_tried_again_later() {
+        let failed = |response: Option<&str>, attempts| Report::Failed {
+            why: "x".into(),
+            response: response.map(str::to_string),
+            attempts,
+        };
+        assert!(failed(None, 10).gave_up(), "retries ran out: try later");
+        assert!(
+            !failed(Some("errcode 93000"), 1).gave_up(),
+            "refused: dead letter"
+        );
+        assert!(
+            !failed(None, 0).gave_up(),
+            "could not even build the request"
+        );
+        assert!(!Report::Delivered { attempts: 1 }.gave_up());
+    }
 
     #[test]
     fn backoff_ceiling_doubles_up_to_the_cap() {

@@ -40,7 +40,8 @@ pub const STATE_ENTRIES: &str = "touchstream_state_entries";
 pub const ACKED: &str = "touchstream_input_acked_total";
 /// Publishes to JetStream that failed and were retried, label `stream`.
 pub const PUBLISH_RETRIES: &str = "touchstream_publish_retries_total";
-/// Alert deliveries, labels `receiver` and `outcome` (`delivered`, `failed`, `already_delivered`).
+/// Alert deliveries, labels `receiver` and `outcome` (`delivered`, `failed`, `deferred`,
+/// `already_delivered`).
 pub const NOTIFICATIONS: &str = "touchstream_notifications_total";
 /// Alerts whose region routes to no receiver, label `region`.
 pub const UNROUTED_ALERTS: &str = "touchstream_unrouted_alerts_total";
