@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::Uri;
+use axum::http::{StatusCode, Uri};
 use axum::routing::post;
 use serde_json::{Value, json};
 
@@ -32,6 +32,10 @@ struct Captured {
     wecom: Vec<String>,
     /// Wire-format problems the WeCom double saw.
     problems: Vec<String>,
+    /// Requests to the robot with key `flaky`, which answers 500 to the first two.
+    flaky_calls: usize,
+    /// Markdown contents the flaky robot accepted.
+    flaky: Vec<String>,
 }
 
 type Shared = Arc<Mutex<Captured>>;
@@ -44,7 +48,7 @@ async fn am_webhook(State(c): State<Shared>, body: Bytes) -> &'static str {
 
 /// A WeCom group robot: `key` in the query, `msgtype` markdown with `content` of at most 4096
 /// bytes. Key `bad` answers errcode 93000 (invalid webhook URL), as WeCom does.
-async fn wecom(State(c): State<Shared>, uri: Uri, body: Bytes) -> String {
+async fn wecom(State(c): State<Shared>, uri: Uri, body: Bytes) -> (StatusCode, String) {
     let key = uri
         .query()
         .unwrap_or_default()
@@ -53,14 +57,29 @@ async fn wecom(State(c): State<Shared>, uri: Uri, body: Bytes) -> String {
         .unwrap_or_default()
         .to_string();
     if key == "bad" {
-        return json!({"errcode": 93000, "errmsg": "invalid webhook url, hint: [bad]"}).to_string();
+        let refusal = json!({"errcode": 93000, "errmsg": "invalid webhook url, hint: [bad]"});
+        return (StatusCode::OK, refusal.to_string());
     }
     let mut c = c.lock().expect("lock");
+    if key == "flaky" {
+        c.flaky_calls += 1;
+        if c.flaky_calls <= 2 {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "busy".into());
+        }
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let content = v["markdown"]["content"].as_str().unwrap_or_default();
+        c.flaky.push(content.to_string());
+        return (
+            StatusCode::OK,
+            json!({"errcode": 0, "errmsg": "ok"}).to_string(),
+        );
+    }
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
             c.problems.push(format!("not JSON: {e}"));
-            return json!({"errcode": 40008, "errmsg": "invalid message type"}).to_string();
+            let refusal = json!({"errcode": 40008, "errmsg": "invalid message type"});
+            return (StatusCode::OK, refusal.to_string());
         }
     };
     if key != "east" {
@@ -74,7 +93,10 @@ async fn wecom(State(c): State<Shared>, uri: Uri, body: Bytes) -> String {
             .problems
             .push(format!("not a WeCom markdown message: {v}")),
     }
-    json!({"errcode": 0, "errmsg": "ok"}).to_string()
+    (
+        StatusCode::OK,
+        json!({"errcode": 0, "errmsg": "ok"}).to_string(),
+    )
 }
 
 async fn capture_server() -> anyhow::Result<(SocketAddr, Shared)> {
@@ -306,5 +328,75 @@ async fn alerts_reach_alertmanager_and_wecom_once_and_resolve() -> anyhow::Resul
     assert_eq!(wecom.len(), before, "{wecom:?}");
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(read_stream(&js, "TOUCH_DLQ").await?.len(), 2);
+    Ok(())
+}
+
+/// A robot that answers 500 through every retry of the first round: the alert is neither lost
+/// nor dead-lettered, JetStream redelivers it and the second round delivers it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_away_through_every_retry_gets_the_alert_later() -> anyhow::Result<()> {
+    let (capture, seen) = capture_server().await?;
+    let server = NatsServer::start().await?;
+    let fx = Fixture::new(1)?;
+    let mut text = std::fs::read_to_string(&fx.pipeline)?;
+    text.push_str(&format!(
+        r#"
+[notify]
+
+[notify.delivery]
+retry_base_ms = 50
+retry_cap_ms = 100
+max_attempts = 2
+
+[[notify.receivers]]
+name = "flaky-wecom"
+kind = "wecom"
+webhook_url = "http://{capture}/cgi-bin/webhook/send?key=flaky"
+
+[[notify.routes]]
+region = "*"
+receivers = ["flaky-wecom"]
+"#
+    ));
+    std::fs::write(&fx.pipeline, text)?;
+    let running = InProcessRun::spawn(fx.run_args(&server.url(), free_addr()?));
+    let (_client, js) = connect(&server.url()).await?;
+    wait_input_stream(&js, WAIT).await?;
+    publish(
+        &js,
+        &hot_quote("f", "r1", "c1", "q9", now_ms() - 6 * DAY_MS, 3),
+    )
+    .await?;
+
+    // Two refused attempts, then (after the 30 s redelivery) the message.
+    let got = wait_for(
+        "the message after redelivery",
+        Duration::from_secs(120),
+        || async {
+            let c = seen.lock().expect("lock");
+            (!c.flaky.is_empty()).then(|| (c.flaky.clone(), c.flaky_calls))
+        },
+    )
+    .await?;
+    assert_eq!(got.0.len(), 1, "{got:?}");
+    assert_eq!(got.1, 3, "two refusals, then the delivery");
+    assert!(got.0[0].contains("Li Wei"), "{}", got.0[0]);
+    wait_for("the alert acked", WAIT, || async {
+        let stream = js.get_stream("TOUCH_ALERTS").await.ok()?;
+        let mut c: async_nats::jetstream::consumer::PullConsumer = stream
+            .get_consumer(touchstream::live::notify::DURABLE)
+            .await
+            .ok()?;
+        let info = c.info().await.ok()?;
+        (info.ack_floor.stream_sequence >= 1 && info.num_ack_pending == 0).then_some(())
+    })
+    .await?;
+    running.stop(WAIT).await?;
+    assert!(
+        read_stream(&js, "TOUCH_DLQ").await?.is_empty(),
+        "no dead letter"
+    );
+    let flaky = seen.lock().expect("lock").flaky.len();
+    assert_eq!(flaky, 1, "delivered once");
     Ok(())
 }
