@@ -146,6 +146,20 @@ receivers = ["am", "east-wecom"]
     )
 }
 
+/// Waits until the notifier's consumer has acked the first `alerts` alerts and holds none.
+async fn notifier_acked(js: &async_nats::jetstream::Context, alerts: u64) -> anyhow::Result<()> {
+    wait_for("the notifier to ack the alerts", WAIT, || async {
+        let stream = js.get_stream("TOUCH_ALERTS").await.ok()?;
+        let mut c: async_nats::jetstream::consumer::PullConsumer = stream
+            .get_consumer(touchstream::live::notify::DURABLE)
+            .await
+            .ok()?;
+        let info = c.info().await.ok()?;
+        (info.ack_floor.stream_sequence >= alerts && info.num_ack_pending == 0).then_some(())
+    })
+    .await
+}
+
 fn alert_id(asset: &str) -> String {
     format!("{RULE}:{asset}")
 }
@@ -305,21 +319,7 @@ async fn alerts_reach_alertmanager_and_wecom_once_and_resolve() -> anyhow::Resul
         .await?;
     let before = seen.lock().expect("lock").wecom.len();
     let running = InProcessRun::spawn(fx.run_args(&server.url(), free_addr()?));
-    wait_for(
-        "the notifier's new consumer to ack both alerts",
-        WAIT,
-        || async {
-            let mut stream = js.get_stream("TOUCH_ALERTS").await.ok()?;
-            let _ = stream.info().await.ok()?;
-            let mut c: async_nats::jetstream::consumer::PullConsumer = stream
-                .get_consumer(touchstream::live::notify::DURABLE)
-                .await
-                .ok()?;
-            let info = c.info().await.ok()?;
-            (info.ack_floor.stream_sequence >= 2 && info.num_ack_pending == 0).then_some(())
-        },
-    )
-    .await?;
+    notifier_acked(&js, 2).await?;
     running.stop(WAIT).await?;
     let (wecom, problems) = {
         let c = seen.lock().expect("lock");
@@ -381,16 +381,7 @@ receivers = ["flaky-wecom"]
     assert_eq!(got.0.len(), 1, "{got:?}");
     assert_eq!(got.1, 3, "two refusals, then the delivery");
     assert!(got.0[0].contains("Li Wei"), "{}", got.0[0]);
-    wait_for("the alert acked", WAIT, || async {
-        let stream = js.get_stream("TOUCH_ALERTS").await.ok()?;
-        let mut c: async_nats::jetstream::consumer::PullConsumer = stream
-            .get_consumer(touchstream::live::notify::DURABLE)
-            .await
-            .ok()?;
-        let info = c.info().await.ok()?;
-        (info.ack_floor.stream_sequence >= 1 && info.num_ack_pending == 0).then_some(())
-    })
-    .await?;
+    notifier_acked(&js, 1).await?;
     running.stop(WAIT).await?;
     assert!(
         read_stream(&js, "TOUCH_DLQ").await?.is_empty(),

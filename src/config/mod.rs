@@ -672,65 +672,49 @@ impl Ctx<'_> {
             return None;
         };
         let mut top = t.clone();
-        let mut arrays: Vec<(&str, Vec<toml::Value>)> = Vec::new();
-        for name in ["receivers", "routes", "templates"] {
-            match top.remove(name) {
-                None => arrays.push((name, Vec::new())),
-                Some(toml::Value::Array(items)) => arrays.push((name, items)),
-                Some(_) => {
-                    self.problems.push(Problem {
-                        path: format!("notify.{name}"),
-                        line: self.loc.key("notify", 0, name),
-                        message: format!("must be an array of tables ([[notify.{name}]])"),
-                    });
-                    return None;
-                }
-            }
-        }
-        let mut cfg: Option<crate::notify::NotifyConfig> =
+        let receivers = self.array_of(top.remove("receivers").as_ref(), "notify.receivers");
+        let routes = self.array_of(top.remove("routes").as_ref(), "notify.routes");
+        let templates = self.array_of(top.remove("templates").as_ref(), "notify.templates");
+        let cfg: Option<crate::notify::NotifyConfig> =
             self.deserialize(toml::Value::Table(top), "notify", 0, "notify");
-        let mut ok = cfg.is_some();
-        for (name, items) in arrays {
-            let section = format!("notify.{name}");
-            for (i, item) in items.into_iter().enumerate() {
-                let path = format!("{section}[{i}]");
-                let Some(c) = cfg.as_mut() else { continue };
-                match name {
-                    "receivers" => match self.deserialize(item, &section, i, &path) {
-                        Some(r) => c.receivers.push(r),
-                        None => ok = false,
-                    },
-                    "routes" => match self.deserialize(item, &section, i, &path) {
-                        Some(r) => c.routes.push(r),
-                        None => ok = false,
-                    },
-                    _ => match self.deserialize(item, &section, i, &path) {
-                        Some(t) => c.templates.push(t),
-                        None => ok = false,
-                    },
-                }
-            }
-        }
-        cfg.filter(|_| ok)
+        let (mut cfg, receivers, routes, templates) = (cfg?, receivers?, routes?, templates?);
+        cfg.receivers = receivers;
+        cfg.routes = routes;
+        cfg.templates = templates;
+        Some(cfg)
     }
 
     fn rules(&mut self) -> Option<Vec<RuleSpec>> {
-        let Some(v) = self.table.get("rules") else {
+        self.array_of(self.table.get("rules"), "rules")
+    }
+
+    /// An array of tables (`[[section]]`, absent = empty), each element read on its own so that
+    /// every problem points at its own table.
+    fn array_of<T: serde::de::DeserializeOwned>(
+        &mut self,
+        value: Option<&toml::Value>,
+        section: &str,
+    ) -> Option<Vec<T>> {
+        let Some(v) = value else {
             return Some(Vec::new());
         };
         let Some(arr) = v.as_array() else {
+            let line = self.loc.section(section, 0).or_else(|| {
+                let (parent, key) = section.rsplit_once('.')?;
+                self.loc.key(parent, 0, key)
+            });
             self.problems.push(Problem {
-                path: "rules".into(),
-                line: self.loc.section("rules", 0),
-                message: "must be an array of tables ([[rules]])".into(),
+                path: section.into(),
+                line,
+                message: format!("must be an array of tables ([[{section}]])"),
             });
             return None;
         };
         let mut out = Vec::new();
         let mut ok = true;
-        for (i, r) in arr.iter().enumerate() {
-            match self.deserialize::<RuleSpec>(r.clone(), "rules", i, &format!("rules[{i}]")) {
-                Some(r) => out.push(r),
+        for (i, item) in arr.iter().enumerate() {
+            match self.deserialize::<T>(item.clone(), section, i, &format!("{section}[{i}]")) {
+                Some(x) => out.push(x),
                 None => ok = false,
             }
         }

@@ -19,6 +19,33 @@ pub use checkpoint::{BUCKET as STATE_BUCKET, State as CheckpointState};
 pub use demo::{DemoArgs, demo, publish_lines};
 pub use run::{RunArgs, run};
 
+/// Loads the pipeline file and the directory it names (`directory` overrides it).
+pub fn load_pipeline(
+    pipeline: &std::path::Path,
+    directory: Option<&std::path::Path>,
+) -> anyhow::Result<(
+    Arc<crate::config::Pipeline>,
+    Arc<crate::directory::Directory>,
+)> {
+    let pipeline = Arc::new(crate::config::Pipeline::load(pipeline)?);
+    let dir = directory.map_or_else(|| pipeline.directory_path(), std::path::Path::to_path_buf);
+    let directory = crate::directory::Directory::load(&dir)
+        .with_context(|| format!("loading directory {}", dir.display()))?;
+    Ok((pipeline, Arc::new(directory)))
+}
+
+/// A stop request that is made when `shutdown` resolves (logging `why`).
+pub fn stop_on(shutdown: impl Future<Output = ()> + Send + 'static, why: &'static str) -> Stop {
+    let stop = Stop::new();
+    let requester = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("{why}");
+        requester.request();
+    });
+    stop
+}
+
 /// Opens a JetStream key-value bucket, creating it when missing. Created by hand: async-nats
 /// 0.51's `create_key_value` cannot parse nats-server 2.9's account info (TECH-NOTES), so the
 /// `KV_<bucket>` stream is made with the settings a KV bucket has, then opened as a bucket.

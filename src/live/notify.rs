@@ -69,28 +69,17 @@ pub async fn notify(
     args: NotifyArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let pipeline = Arc::new(Pipeline::load(&args.pipeline)?);
-    let dir = args
-        .directory
-        .clone()
-        .unwrap_or_else(|| pipeline.directory_path());
-    let directory = Arc::new(
-        Directory::load(&dir).with_context(|| format!("loading directory {}", dir.display()))?,
-    );
+    let (pipeline, directory) = super::load_pipeline(&args.pipeline, args.directory.as_deref())?;
     let Some(notifier) = prepare(&pipeline, &directory)? else {
         anyhow::bail!(
             "{}: [notify] declares no receivers; nothing to deliver to",
             pipeline.file.display()
         );
     };
-    let stop = Stop::new();
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            stop.request();
-        });
-    }
+    let stop = super::stop_on(
+        shutdown,
+        "stop requested: finishing the deliveries in flight",
+    );
     let client = connect(&args.nats).await?;
     let js = jetstream::new(client.clone());
     let result = run_notifier(js, pipeline, directory, notifier, stop).await;
@@ -277,7 +266,9 @@ impl Shared {
             ack(&msg).await;
             return;
         }
-        let mut pending: Vec<(String, String, Ticket)> = Vec::new();
+        // Ask the ledger about every receiver before sending anything: a ledger error then
+        // leaves the alert unacked with no delivery in flight that the ledger would miss.
+        let mut todo: Vec<(String, String)> = Vec::new();
         for r in route.receivers {
             let name = r.name().to_string();
             let key = view.delivery_key(&name);
@@ -285,9 +276,8 @@ impl Shared {
                 Ok(Some(_)) => {
                     metrics::counter!(NOTIFICATIONS, "receiver" => name, "outcome" => "already_delivered")
                         .increment(1);
-                    continue;
                 }
-                Ok(None) => {}
+                Ok(None) => todo.push((name, key)),
                 Err(e) => {
                     // Cannot tell whether it was delivered: leave the alert unacked, so that
                     // it comes back once the ledger answers.
@@ -295,6 +285,9 @@ impl Shared {
                     return;
                 }
             }
+        }
+        let mut pending: Vec<(String, String, Ticket)> = Vec::new();
+        for (name, key) in todo {
             match self.dispatcher.submit(&name, view.clone()) {
                 Ok(ticket) => pending.push((name, key, ticket)),
                 Err(e) => {

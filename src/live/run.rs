@@ -72,14 +72,7 @@ pub(super) async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_metrics: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    let pipeline = Arc::new(Pipeline::load(&args.pipeline)?);
-    let dir = args
-        .directory
-        .clone()
-        .unwrap_or_else(|| pipeline.directory_path());
-    let directory = Arc::new(
-        Directory::load(&dir).with_context(|| format!("loading directory {}", dir.display()))?,
-    );
+    let (pipeline, directory) = super::load_pipeline(&args.pipeline, args.directory.as_deref())?;
     // Fail fast on a bad pipeline or directory, before touching NATS.
     drop(Engine::new(
         pipeline.clone(),
@@ -88,15 +81,7 @@ pub(super) async fn run_with(
     )?);
     let notifier = super::notify::prepare(&pipeline, &directory)?;
 
-    let stop = Stop::new();
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            tracing::info!("stop requested: finishing the batch in flight");
-            stop.request();
-        });
-    }
+    let stop = super::stop_on(shutdown, "stop requested: finishing the batch in flight");
     let (metrics_addr, server) =
         exporter::bind(args.metrics_addr, exporter::install(), stop.wait()).await?;
     tokio::spawn(server);

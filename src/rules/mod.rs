@@ -269,50 +269,41 @@ impl RuleSet {
         if rows.is_empty() {
             return Ok(());
         }
-        let uses_pair = self.rules.iter().any(|r| r.uses_pair);
-        if uses_pair {
-            // A pair rule's row depends on the pair's other assets: evaluate them together.
-            let pairs: Vec<_> = rows
-                .iter()
-                .filter_map(|ix| assets.asset(*ix).map(|a| a.pair))
-                .collect();
-            for p in pairs {
-                rows.extend_from_slice(assets.assets_of(p));
-            }
-        }
         rows.sort_unstable();
         rows.dedup();
         rows.retain(|ix| assets.asset(*ix).is_some());
         let batch = table::assets_batch(&rows, assets, dir)?;
-        let empty = datafusion::arrow::record_batch::RecordBatch::new_empty(assets_schema());
-        let context_of = |rows: &[AssetIx]| {
-            let mut pairs: Vec<_> = rows
-                .iter()
-                .filter_map(|ix| assets.asset(*ix).map(|a| a.pair))
-                .collect();
-            pairs.sort_unstable();
-            pairs.dedup();
-            let all: Vec<AssetIx> = pairs
-                .iter()
-                .flat_map(|p| assets.assets_of(*p).iter().copied())
-                .collect();
-            table::assets_batch(&all, assets, dir)
+        // A pair rule's row depends on the pair's other assets: its rows are every asset of the
+        // pairs involved, which is also its `pair_assets` context.
+        let pair_batch = if self.rules.iter().any(|r| r.uses_pair) {
+            Some(table::assets_batch(
+                &pair_closure(&rows, assets),
+                assets,
+                dir,
+            )?)
+        } else {
+            None
         };
+        let empty = datafusion::arrow::record_batch::RecordBatch::new_empty(assets_schema());
         let mut inputs = Vec::with_capacity(self.rules.len());
         let mut waiting: Vec<(AssetIx, Millis)> = Vec::new();
         for rule in &self.rules {
+            let rows_batch = match (&pair_batch, rule.uses_pair) {
+                (Some(p), true) => p,
+                _ => &batch,
+            };
             let Some(pre) = &rule.due_kernel else {
                 let context = if rule.uses_pair {
-                    context_of(&rows)?
+                    rows_batch.clone()
                 } else {
                     empty.clone()
                 };
-                inputs.push(Some((batch.clone(), context)));
+                inputs.push(Some((rows_batch.clone(), context)));
                 continue;
             };
             // Rows not yet due only get a timer; the query runs on the due ones.
             let mut ready = Vec::new();
-            for res in pre.run(batch.clone())? {
+            for res in pre.run(rows_batch.clone())? {
                 let ixs = res.column(0).as_primitive::<UInt32Type>();
                 let due = millis(res.column(1))?;
                 for i in 0..res.num_rows() {
@@ -332,7 +323,7 @@ impl RuleSet {
                 continue;
             }
             let context = if rule.uses_pair {
-                context_of(&ready)?
+                table::assets_batch(&pair_closure(&ready, assets), assets, dir)?
             } else {
                 empty.clone()
             };
@@ -456,6 +447,23 @@ fn alert(
         fired_at: m.fired_at,
         evidence,
     }
+}
+
+/// Every retained asset of the pairs of `rows`, ascending.
+fn pair_closure(rows: &[AssetIx], assets: &AssetJoin) -> Vec<AssetIx> {
+    let mut pairs: Vec<_> = rows
+        .iter()
+        .filter_map(|ix| assets.asset(*ix).map(|a| a.pair))
+        .collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let mut all: Vec<AssetIx> = pairs
+        .iter()
+        .flat_map(|p| assets.assets_of(*p).iter().copied())
+        .filter(|ix| assets.asset(*ix).is_some())
+        .collect();
+    all.sort_unstable();
+    all
 }
 
 /// A timestamp column as epoch milliseconds.
