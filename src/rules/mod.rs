@@ -272,38 +272,30 @@ impl RuleSet {
         rows.sort_unstable();
         rows.dedup();
         rows.retain(|ix| assets.asset(*ix).is_some());
+        // A pair rule's row depends on the pair's other assets: with such a rule, every asset of
+        // the pairs involved is evaluated (one batch for all rules, cheaper than two), and that
+        // set is also the `pair_assets` context.
+        let uses_pair = self.rules.iter().any(|r| r.uses_pair);
+        if uses_pair {
+            rows = pair_closure(&rows, assets);
+        }
         let batch = table::assets_batch(&rows, assets, dir)?;
-        // A pair rule's row depends on the pair's other assets: its rows are every asset of the
-        // pairs involved, which is also its `pair_assets` context.
-        let pair_batch = if self.rules.iter().any(|r| r.uses_pair) {
-            Some(table::assets_batch(
-                &pair_closure(&rows, assets),
-                assets,
-                dir,
-            )?)
-        } else {
-            None
-        };
         let empty = datafusion::arrow::record_batch::RecordBatch::new_empty(assets_schema());
         let mut inputs = Vec::with_capacity(self.rules.len());
         let mut waiting: Vec<(AssetIx, Millis)> = Vec::new();
         for rule in &self.rules {
-            let rows_batch = match (&pair_batch, rule.uses_pair) {
-                (Some(p), true) => p,
-                _ => &batch,
-            };
             let Some(pre) = &rule.due_kernel else {
                 let context = if rule.uses_pair {
-                    rows_batch.clone()
+                    batch.clone()
                 } else {
                     empty.clone()
                 };
-                inputs.push(Some((rows_batch.clone(), context)));
+                inputs.push(Some((batch.clone(), context)));
                 continue;
             };
             // Rows not yet due only get a timer; the query runs on the due ones.
             let mut ready = Vec::new();
-            for res in pre.run(rows_batch.clone())? {
+            for res in pre.run(batch.clone())? {
                 let ixs = res.column(0).as_primitive::<UInt32Type>();
                 let due = millis(res.column(1))?;
                 for i in 0..res.num_rows() {
