@@ -163,6 +163,50 @@ pub struct CdiSection {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ActionsSection {
+    /// How long (event time) each `crm.action` is kept as a row of the `actions` table, when a
+    /// rule reads it.
+    pub retention_seconds: i64,
+}
+
+/// Thresholds of one process-health rate: green from `green_min`, yellow from `yellow_min`,
+/// red below.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    pub green_min: f64,
+    pub yellow_min: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    /// Trailing window of the per-rep rates, in days (at most the CDI window).
+    pub window_days: i64,
+    /// A customer replied when a WeCom message `in` follows a rep message within this long.
+    pub reply_within_hours: i64,
+    /// A lead is followed up when the rep touches the customer within this long.
+    pub followup_within_hours: i64,
+    /// How often a live run exports the per-rep figures.
+    pub publish_interval_seconds: u64,
+    pub open_rate: Thresholds,
+    pub reply_rate: Thresholds,
+    pub second_touch_rate: Thresholds,
+}
+
+impl HealthSection {
+    /// The rates with thresholds, by the name their metric label carries.
+    pub fn thresholds(&self) -> [(&'static str, Thresholds); 3] {
+        [
+            ("open_rate", self.open_rate),
+            ("reply_rate", self.reply_rate),
+            ("second_touch_rate", self.second_touch_rate),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ContractsSection {
     /// DingTalk process codes whose `start` is a contract event.
     pub process_codes: Vec<String>,
@@ -174,7 +218,7 @@ pub struct ContractsSection {
 pub struct RuleSpec {
     /// Rule name: `[a-z0-9_]+`, the alert's `rule` and the prefix of its `alert_id`.
     pub name: String,
-    /// Operator table the rule reads (`assets`).
+    /// Operator table the rule reads (`assets` or `actions`).
     pub table: String,
     /// SQL predicate selecting the rows the rule applies to.
     #[serde(default)]
@@ -218,6 +262,8 @@ pub struct Pipeline {
     pub sessions: SessionsSection,
     pub cdi: CdiSection,
     pub contracts: ContractsSection,
+    pub actions: ActionsSection,
+    pub health: HealthSection,
     pub rules: Vec<RuleSpec>,
     /// `[notify]`: alert delivery (receivers, routes, templates); empty when absent.
     pub notify: crate::notify::NotifyConfig,
@@ -287,6 +333,8 @@ impl Pipeline {
         let sessions = ctx.section::<SessionsSection>("sessions");
         let cdi = ctx.section::<CdiSection>("cdi");
         let contracts = ctx.section::<ContractsSection>("contracts");
+        let actions = ctx.section::<ActionsSection>("actions");
+        let health = ctx.section::<HealthSection>("health");
         let rules = ctx.rules();
         let notify = ctx.notify();
         let (
@@ -302,11 +350,13 @@ impl Pipeline {
             Some(sessions),
             Some(cdi),
             Some(contracts),
+            Some(actions),
+            Some(health),
             Some(rules),
             Some(notify),
         ) = (
             pipeline, directory, source, time, dedup, asset_join, opens, presence, web, sessions,
-            cdi, contracts, rules, notify,
+            cdi, contracts, actions, health, rules, notify,
         )
         else {
             return Err(errors(problems));
@@ -325,6 +375,8 @@ impl Pipeline {
             sessions,
             cdi,
             contracts,
+            actions,
+            health,
             rules,
             notify,
         };
@@ -360,7 +412,28 @@ impl Pipeline {
                 message,
             });
         };
-        let positive: [(&str, &str, i64); 11] = [
+        let positive: [(&str, &str, i64); 16] = [
+            (
+                "actions",
+                "retention_seconds",
+                self.actions.retention_seconds,
+            ),
+            ("health", "window_days", self.health.window_days),
+            (
+                "health",
+                "reply_within_hours",
+                self.health.reply_within_hours,
+            ),
+            (
+                "health",
+                "followup_within_hours",
+                self.health.followup_within_hours,
+            ),
+            (
+                "health",
+                "publish_interval_seconds",
+                self.health.publish_interval_seconds as i64,
+            ),
             ("dedup", "retention_seconds", self.dedup.retention_seconds),
             (
                 "asset_join",
@@ -434,6 +507,29 @@ impl Pipeline {
                 ),
             );
         }
+        if self.health.window_days > self.cdi.window_days {
+            bad(
+                "health",
+                "window_days",
+                format!(
+                    "must not exceed the CDI window ({} days): the rates read the CDI state",
+                    self.cdi.window_days
+                ),
+            );
+        }
+        for (name, t) in self.health.thresholds() {
+            let ok = |v: f64| (0.0..=1.0).contains(&v);
+            if !ok(t.green_min) || !ok(t.yellow_min) || t.yellow_min > t.green_min {
+                bad(
+                    "health",
+                    name,
+                    format!(
+                        "need 0 <= yellow_min <= green_min <= 1, got yellow_min {} and green_min {}",
+                        t.yellow_min, t.green_min
+                    ),
+                );
+            }
+        }
         if self.cdi.density_ratio < 0.0 {
             bad("cdi", "density_ratio", "must not be negative".into());
         }
@@ -484,13 +580,11 @@ impl Pipeline {
             }
             match &r.query {
                 Some(_) => {
-                    for (key, set) in [
-                        ("filter", r.filter.is_some()),
-                        ("fire_when", !r.fire_when.is_empty()),
-                    ] {
-                        if set {
-                            rule_bad(key, "`query` replaces `filter` and `fire_when`: give one form (a query rule may keep `due_at`)".into());
-                        }
+                    if !r.fire_when.is_empty() {
+                        rule_bad("fire_when", "`query` replaces `fire_when`: give one form (a query rule may keep `due_at` and `filter`)".into());
+                    }
+                    if r.filter.is_some() && r.due_at.trim().is_empty() {
+                        rule_bad("filter", "a query rule's `filter` needs its `due_at` (both apply to the row before the query); or filter inside the query".into());
                     }
                 }
                 None => {
@@ -579,6 +673,8 @@ const SECTIONS: &[&str] = &[
     "sessions",
     "cdi",
     "contracts",
+    "actions",
+    "health",
     "rules",
     "notify",
 ];
@@ -742,7 +838,7 @@ mod tests {
             .expect("default.toml is valid");
         assert_eq!(p.time.allowed_lateness_seconds, 300);
         assert_eq!(p.contracts.process_codes, vec!["PROC-CONTRACT".to_string()]);
-        assert_eq!(p.rules.len(), 2);
+        assert_eq!(p.rules.len(), 3);
         assert_eq!(
             p.directory_path(),
             Path::new("pipelines/../examples/directory")

@@ -19,8 +19,10 @@ use anyhow::Context;
 use crate::config::Pipeline;
 use crate::directory::Directory;
 use crate::event::{self, ApprovalType, Body, Channel, Kind, Millis, RejectReason};
+use crate::operators::actions::{ActionLog, ActionRow};
 use crate::operators::assets::{AssetJoin, Exclusion};
 use crate::operators::cdi::PairAggregates;
+use crate::operators::health::{ProcessHealth, RepHealth};
 use crate::operators::sessions::Sessions;
 use crate::operators::{Pair, Resolved, Touch, What};
 use crate::rules::{self, RuleSet, Stamp};
@@ -85,8 +87,11 @@ pub struct Engine {
     /// order, so a FIFO expires them with no heap; disorder only keeps an id a little longer.
     dedup_expiry: VecDeque<(Millis, u64)>,
     assets: AssetJoin,
+    /// Kept only when a rule reads the `actions` table.
+    actions: Option<ActionLog>,
     sessions: Sessions,
     pairs: PairAggregates,
+    health: ProcessHealth,
     rules: RuleSet,
     touches: Vec<Touch>,
     contract_codes: HashSet<String>,
@@ -127,9 +132,13 @@ impl Engine {
         let pairs = PairAggregates::new(&p.cdi).context("planning the CDI kernel")?;
         Ok(Engine {
             assets: AssetJoin::new(&p),
+            actions: rules
+                .reads_actions()
+                .then(|| ActionLog::new(p.actions.retention_seconds as u64)),
             sessions: Sessions::new(p.gap_ms()),
             contract_codes: p.contracts.process_codes.iter().cloned().collect(),
             pairs,
+            health: ProcessHealth::new(&p.health),
             rules,
             p,
             dir,
@@ -339,7 +348,11 @@ impl Engine {
         };
         if late {
             self.counts.late[kind_ix(kind)] += 1;
-            if self.assets.awaits_decision(&resolved.what, self.w) {
+            let actions_wait = match (&self.actions, &resolved.what) {
+                (Some(log), What::Action { pair, .. }) => log.awaits_decision(pair.rep(), self.w),
+                _ => false,
+            };
+            if actions_wait || self.assets.awaits_decision(&resolved.what, self.w) {
                 self.decide(now, out);
             }
             self.apply(resolved, out);
@@ -369,6 +382,7 @@ impl Engine {
                 action: a.action,
                 channel: a.channel,
                 asset_id: a.asset_id.map(String::into_boxed_str),
+                city: a.city.map(Into::into),
             },
             Body::PixelHit(h) => What::PixelHit {
                 proxy: h.ua.as_deref().is_some_and(|ua| {
@@ -435,6 +449,10 @@ impl Engine {
         // may still arrive: release only what is strictly behind the watermark.
         self.release(|t| t < w, out);
         self.sessions.on_watermark(w, &self.dir, &mut out.sessions);
+        if let Some(log) = &mut self.actions {
+            log.on_watermark(w);
+        }
+        self.health.on_watermark(w);
         for hit in self.assets.on_watermark(w) {
             let at = match self.mode {
                 ClockMode::Live => now,
@@ -477,8 +495,29 @@ impl Engine {
                 action,
                 channel,
                 asset_id,
+                city,
             } => {
                 touches.push(touch(*pair, *channel, None));
+                if *action == event::Action::LeadAssigned {
+                    self.health.on_lead(*pair, ev.t);
+                } else if channel.is_some() {
+                    self.health.on_rep_touch(*pair, ev.t);
+                }
+                if let Some(log) = &mut self.actions {
+                    let row = ActionRow {
+                        event_id: ev.event_id.clone(),
+                        pair: *pair,
+                        action: *action,
+                        channel: *channel,
+                        city: city.clone(),
+                        asset_id: asset_id.clone(),
+                        at: ev.t,
+                        late_w: None,
+                        alerts: Vec::new(),
+                        decision_due: Millis::MAX,
+                    };
+                    log.add(row, ev.late.then_some(w));
+                }
                 if let (true, Some(asset_id)) = (action.is_asset_send(), asset_id) {
                     self.assets
                         .on_send(&ev, *pair, *action, *channel, asset_id, w, &mut touches);
@@ -498,13 +537,18 @@ impl Engine {
             }
             What::Message { pair, inbound } => {
                 touches.push(touch(*pair, Some(Channel::Wechat), Some(*inbound)));
+                if !*inbound {
+                    self.health.on_rep_touch(*pair, ev.t);
+                }
             }
             What::PixelHit { .. } | What::WebHit { .. } => {
                 self.assets.on_hit(ev, w, &mut touches);
             }
         }
         for t in touches.drain(..) {
-            self.sessions.add(&t, &self.dir, &mut out.sessions);
+            if self.sessions.add(&t, &self.dir, &mut out.sessions) {
+                self.health.on_session_start(t.pair, t.t);
+            }
             self.pairs.add(&t);
         }
         self.touches = touches;
@@ -524,7 +568,15 @@ impl Engine {
             metrics::counter!(m::ALERTS, "rule" => a.rule.clone(), "status" => a.status.as_str())
                 .increment(1);
             match a.status {
-                AlertStatus::Firing => self.counts.alerts_firing += 1,
+                AlertStatus::Firing => {
+                    self.counts.alerts_firing += 1;
+                    metrics::counter!(m::REP_ALERTS, "rep" => a.rep_id.clone(),
+                        "region" => a.region.clone(), "rule" => a.rule.clone())
+                    .increment(1);
+                    if let Some(rep) = self.dir.rep(&a.rep_id) {
+                        self.health.on_alert(rep, &a.rule);
+                    }
+                }
                 AlertStatus::Resolved => self.counts.alerts_resolved += 1,
             }
         }
@@ -542,9 +594,18 @@ impl Engine {
         };
         if let Err(e) =
             self.rules
-                .evaluate(dirty, &mut self.assets, &self.dir, stamp, &mut out.alerts)
+                .evaluate_assets(dirty, &mut self.assets, &self.dir, stamp, &mut out.alerts)
         {
             tracing::error!(error = %e, "rule evaluation failed");
+        }
+        if let Some(log) = &mut self.actions {
+            let dirty = log.take_dirty();
+            if let Err(e) =
+                self.rules
+                    .evaluate_actions(dirty, log, &self.dir, stamp, &mut out.alerts)
+            {
+                tracing::error!(error = %e, "rule evaluation failed");
+            }
         }
     }
 
@@ -594,6 +655,11 @@ impl Engine {
         if c.sessions > 0 {
             metrics::counter!(m::SESSIONS).increment(c.sessions);
         }
+        for fr in self.health.take_first_responses() {
+            metrics::histogram!(m::FIRST_RESPONSE_SECONDS,
+                "region" => self.dir.region_of(fr.rep).to_string())
+            .record(fr.seconds);
+        }
         self.totals.duplicates += c.duplicates;
         self.totals.unattributed_web_hits += c.unattributed_web;
         self.totals.alerts += c.alerts_firing + c.alerts_resolved;
@@ -603,15 +669,35 @@ impl Engine {
         }
     }
 
+    /// Every rep's process-health figures as of the watermark (README "Business metrics").
+    pub fn health(&self) -> Vec<RepHealth> {
+        match self.watermark() {
+            Some(w) => self
+                .health
+                .snapshot(w, &self.assets, &self.pairs, &self.dir),
+            None => Vec::new(),
+        }
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.p
+    }
+
+    pub fn directory(&self) -> &Directory {
+        &self.dir
+    }
+
     /// Entries held by each piece of keyed state.
     pub fn state_sizes(&self) -> Vec<(&'static str, usize)> {
         let mut v: Vec<(&'static str, usize)> = self.assets.sizes().to_vec();
         v.extend([
             ("session_pairs", self.sessions.len()),
             ("cdi_pairs", self.pairs.len()),
+            ("health_pairs", self.health.len()),
             ("reorder", self.reorder.len()),
             ("dedup", self.dedup.len()),
             ("rule_timers", self.rules.timers()),
+            ("actions", self.actions.as_ref().map_or(0, ActionLog::len)),
         ]);
         v
     }

@@ -112,6 +112,8 @@ pub struct AssetJoin {
     links: HashMap<Pair, PairLinks>,
     link_timers: LazyTimers<Pair>,
     dirty: Vec<AssetIx>,
+    /// Assets changed by late data since the last `take_dirty`.
+    late: Vec<AssetIx>,
     pub counters: AssetCounters,
 }
 
@@ -136,12 +138,18 @@ impl AssetJoin {
             links: HashMap::default(),
             link_timers: LazyTimers::default(),
             dirty: Vec::new(),
+            late: Vec::new(),
             counters: AssetCounters::default(),
         }
     }
 
     pub fn asset(&self, ix: AssetIx) -> Option<&Asset> {
         self.slab.get(ix as usize).and_then(Option::as_ref)
+    }
+
+    /// Every retained asset.
+    pub fn iter(&self) -> impl Iterator<Item = &Asset> {
+        self.slab.iter().flatten()
     }
 
     /// The retained assets sent to a pair.
@@ -158,21 +166,23 @@ impl AssetJoin {
         self.slab.get_mut(ix as usize).and_then(Option::as_mut)
     }
 
-    /// Assets changed since the last call, in the order they first changed.
-    pub fn take_dirty(&mut self) -> Vec<AssetIx> {
+    /// Assets changed since the last call, in the order they first changed, and those of them
+    /// that late data changed.
+    pub fn take_dirty(&mut self) -> (Vec<AssetIx>, Vec<AssetIx>) {
         let dirty = std::mem::take(&mut self.dirty);
         for &ix in &dirty {
             if let Some(Some(a)) = self.slab.get_mut(ix as usize) {
                 a.dirty = false;
             }
         }
-        dirty
+        (dirty, std::mem::take(&mut self.late))
     }
 
     fn touch_asset(&mut self, ix: AssetIx, late_w: Option<Millis>) {
         if let Some(Some(a)) = self.slab.get_mut(ix as usize) {
             if let Some(w) = late_w {
                 a.late_w = Some(a.late_w.map_or(w, |x| x.max(w)));
+                self.late.push(ix);
             }
             if !a.dirty {
                 a.dirty = true;

@@ -19,10 +19,21 @@ use crate::engine::kernel::Kernel;
 use crate::engine::output::Cdi;
 use crate::event::Millis;
 
+use super::health::Band;
 use super::{LazyTimers, Pair, Touch, channel_bit};
 
 /// Resolution of the CDI state: the window's edge is exact to one bucket (README "Choices").
 pub const BUCKET_MS: Millis = 60_000;
+
+/// A pair's CDI (EVENTS.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Score {
+    pub breadth: u32,
+    pub depth: u32,
+    pub density: u32,
+    pub cdi: u32,
+    pub band: Band,
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Bucket {
@@ -200,13 +211,11 @@ impl PairAggregates {
         }
     }
 
-    /// The CDI of one pair as of `as_of`, if it has an event in the window.
-    pub fn cdi_of(&self, pair: Pair, as_of: Millis, dir: &Directory) -> Option<Cdi> {
+    /// The CDI of one pair's buckets as of `as_of`, if it has an event in the window.
+    fn score(&self, buckets: &VecDeque<Bucket>, as_of: Millis) -> Option<Score> {
         let cut = as_of - self.window_ms;
         let mut sum = Bucket::default();
-        for b in self
-            .pairs
-            .get(&pair)?
+        for b in buckets
             .iter()
             .filter(|b| b.start >= cut && b.start <= as_of)
         {
@@ -229,22 +238,68 @@ impl PairAggregates {
             as u32;
         let cdi = breadth + depth + density;
         let band = if cdi as f64 >= self.cfg.band_high_min {
-            "high"
+            Band::High
         } else if (cdi as f64) < self.cfg.band_low_below {
-            "low"
+            Band::Low
         } else {
-            "mid"
+            Band::Mid
         };
-        Some(Cdi {
-            rep_id: dir.rep_id(pair.rep()).to_string(),
-            customer_id: dir.customer_id(pair.customer()).to_string(),
+        Some(Score {
             breadth,
             depth,
             density,
             cdi,
             band,
+        })
+    }
+
+    /// The CDI of one pair as of `as_of`, if it has an event in the window.
+    pub fn cdi_of(&self, pair: Pair, as_of: Millis, dir: &Directory) -> Option<Cdi> {
+        let s = self.score(self.pairs.get(&pair)?, as_of)?;
+        Some(Cdi {
+            rep_id: dir.rep_id(pair.rep()).to_string(),
+            customer_id: dir.customer_id(pair.customer()).to_string(),
+            breadth: s.breadth,
+            depth: s.depth,
+            density: s.density,
+            cdi: s.cdi,
+            band: s.band.as_str(),
             as_of,
         })
+    }
+
+    /// Calls `f(pair, score, replied)` for every pair with an event in the CDI window as of
+    /// `as_of`. `replied` looks at the trailing `window_ms` (at most the CDI window): None when
+    /// the rep sent no WeCom message in it, else whether a customer message followed a rep
+    /// message within `reply_ms` (minute buckets: a customer message in the same minute as the
+    /// rep's counts as a reply).
+    pub fn each(
+        &self,
+        as_of: Millis,
+        window_ms: Millis,
+        reply_ms: Millis,
+        mut f: impl FnMut(Pair, Score, Option<bool>),
+    ) {
+        let cut = as_of - window_ms.min(self.window_ms);
+        for (pair, buckets) in &self.pairs {
+            let Some(score) = self.score(buckets, as_of) else {
+                continue;
+            };
+            let mut last_out: Option<Millis> = None;
+            let mut replied = false;
+            for b in buckets
+                .iter()
+                .filter(|b| b.start >= cut && b.start <= as_of)
+            {
+                if b.messages_out > 0 {
+                    last_out = Some(b.start);
+                }
+                if b.messages_in > 0 && last_out.is_some_and(|o| b.start - o <= reply_ms) {
+                    replied = true;
+                }
+            }
+            f(*pair, score, last_out.map(|_| replied));
+        }
     }
 
     /// CDI of every pair with an event in the window as of `as_of`, sorted by rep and customer id.

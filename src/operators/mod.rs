@@ -2,12 +2,15 @@
 //! effective-time order (late ones as they come); each operator owns its state, bounds it by an
 //! event-time TTL, and exposes what rules and outputs need.
 //!
-//! `assets`: the asset join (sends, hits, counted opens, presence as-of, product visits,
+//! `actions`: the retained `crm.action`s, when a rule reads them. `assets`: the asset join (sends, hits, counted opens, presence as-of, product visits,
 //! contracts). `sessions`: gap sessions per pair. `cdi`: the pair aggregates behind the CDI,
-//! merged from DataFusion partial aggregates of each micro-batch.
+//! merged from DataFusion partial aggregates of each micro-batch. `health`: leads, session
+//! starts and alerts per rep, and the per-rep process-health snapshot.
 
+pub mod actions;
 pub mod assets;
 pub mod cdi;
+pub mod health;
 pub mod sessions;
 
 use std::cmp::Reverse;
@@ -53,6 +56,7 @@ pub enum What {
         action: Action,
         channel: Option<Channel>,
         asset_id: Option<Box<str>>,
+        city: Option<compact_str::CompactString>,
     },
     Approval {
         pair: Pair,

@@ -77,14 +77,15 @@ impl Sessions {
         }
     }
 
-    pub fn add(&mut self, touch: &Touch, dir: &Directory, out: &mut Vec<Session>) {
+    /// Adds a touch; true when it starts a new session.
+    pub fn add(&mut self, touch: &Touch, dir: &Directory, out: &mut Vec<Session>) -> bool {
         let gap = self.gap_ms;
         let p = self.pairs.entry(touch.pair).or_default();
         if let Some(open) = &mut p.open {
             if touch.t >= open.start - gap && touch.t <= open.end + gap {
                 // The session's timer stays where it is; when it pops, it moves to the new end.
                 open.add(touch);
-                return;
+                return false;
             }
             if touch.t > open.end + gap {
                 // In effective-time order the next session starts: close this one now.
@@ -96,17 +97,18 @@ impl Sessions {
             } else {
                 // Late, and earlier than the open session by more than the gap.
                 self.late_dropped += 1;
-                return;
+                return false;
             }
         }
         if p.last_end.is_some_and(|e| touch.t <= e + gap) {
             self.late_dropped += 1;
-            return;
+            return false;
         }
         let mut open = Open::new(touch.t);
         open.add(touch);
         self.timers.schedule(open.end + gap + 1, touch.pair);
         p.open = Some(open);
+        true
     }
 
     /// Emits the sessions the watermark `w` has passed (`w > end + gap`).

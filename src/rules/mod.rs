@@ -7,7 +7,8 @@ mod table;
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, TimeUnit, UInt32Type};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, UInt32Type};
+use datafusion::arrow::record_batch::RecordBatch;
 use serde_json::{Map, Value, json};
 
 use crate::config::{Pipeline, Problem, RuleSpec};
@@ -16,15 +17,42 @@ use crate::engine::kernel::Kernel;
 use crate::engine::output::{Alert, AlertStatus};
 use crate::event::{Millis, format_time};
 use crate::operators::LazyTimers;
-use crate::operators::assets::{Asset, AssetIx, AssetJoin};
+use crate::operators::actions::ActionLog;
+use crate::operators::assets::AssetJoin;
 
-pub use table::assets_schema;
+pub use table::{RuleRow, RuleTable, actions_schema, assets_schema};
 
+/// An operator table rules can read, with the context table a query rule may join.
+#[derive(Debug, Clone, Copy)]
+pub struct TableDef {
+    pub name: &'static str,
+    /// Every retained row sharing the evaluated rows' key (same columns as the table).
+    pub context: &'static str,
+    pub schema: fn() -> SchemaRef,
+}
+
+/// `assets`: one row per sent asset; context `pair_assets`, the pair's retained assets.
+pub const ASSETS: TableDef = TableDef {
+    name: "assets",
+    context: "pair_assets",
+    schema: assets_schema,
+};
+/// `actions`: one row per retained `crm.action`; context `rep_actions`, the rep's actions.
+pub const ACTIONS: TableDef = TableDef {
+    name: "actions",
+    context: "rep_actions",
+    schema: actions_schema,
+};
 /// Operator tables a rule's rows come from.
-pub const TABLES: &[&str] = &["assets"];
-/// Context table a rule may join: every retained asset of the pairs of the rows evaluated
-/// (same columns as `assets`).
-pub const PAIR_ASSETS: &str = "pair_assets";
+pub const TABLES: &[&str] = &[ASSETS.name, ACTIONS.name];
+
+fn table_def(name: &str) -> TableDef {
+    if name == ACTIONS.name {
+        ACTIONS
+    } else {
+        ASSETS
+    }
+}
 
 /// Where an alert of one rule stands for one row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,45 +70,53 @@ struct CompiledRule {
     due_col: usize,
     fire_col: usize,
     evidence_cols: Vec<(usize, String)>,
-    /// Reads `pair_assets`: its rows depend on the other assets of their pair.
-    uses_pair: bool,
-    /// A query rule's own `due_at` over its row alone: the query then runs only on rows whose
-    /// decision is due (the rest get a timer), which keeps joins off the per-event path.
+    /// Reads the context table: its rows depend on other rows sharing their key.
+    uses_context: bool,
+    /// A query rule's own `due_at` (and `filter`) over its row alone: the query then runs only
+    /// on rows whose decision is due (the rest get a timer), which keeps joins off the
+    /// per-event path.
     due_kernel: Option<Kernel>,
 }
 
-/// The pipeline's rules, planned.
-pub struct RuleSet {
+/// The rules of one table, with their timers (keyed by row index).
+#[derive(Default)]
+struct TableRules {
     rules: Vec<CompiledRule>,
-    timers: LazyTimers<AssetIx>,
+    timers: LazyTimers<u32>,
+}
+
+/// The pipeline's rules, planned, grouped by table.
+pub struct RuleSet {
+    assets: TableRules,
+    actions: TableRules,
 }
 
 impl std::fmt::Debug for RuleSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RuleSet")
-            .field(
-                "rules",
-                &self.rules.iter().map(|r| &r.spec.name).collect::<Vec<_>>(),
-            )
-            .finish()
+        let names = |t: &TableRules| -> Vec<String> {
+            t.rules.iter().map(|r| r.spec.name.clone()).collect()
+        };
+        let all: Vec<String> = [names(&self.assets), names(&self.actions)].concat();
+        f.debug_struct("RuleSet").field("rules", &all).finish()
     }
 }
 
 /// Plans every rule; returns every problem, located in the pipeline file.
 pub fn compile(p: &Pipeline) -> Result<RuleSet, Vec<Problem>> {
-    let mut rules = Vec::new();
+    let mut set = RuleSet {
+        assets: TableRules::default(),
+        actions: TableRules::default(),
+    };
     let mut problems = Vec::new();
     for (i, spec) in p.rules.iter().enumerate() {
         match compile_rule(spec) {
-            Ok(rule) => rules.push(rule),
+            Ok(rule) if spec.table == ACTIONS.name => set.actions.rules.push(rule),
+            Ok(rule) => set.assets.rules.push(rule),
             Err((key, message)) => problems.push(p.rule_problem(i, key, message)),
         }
     }
     if problems.is_empty() {
-        Ok(RuleSet {
-            rules,
-            timers: LazyTimers::default(),
-        })
+        Ok(set)
     } else {
         Err(problems)
     }
@@ -90,10 +126,11 @@ fn first_line(e: impl std::fmt::Display) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
-fn tables(spec: &RuleSpec) -> [(&str, datafusion::arrow::datatypes::SchemaRef); 2] {
+fn tables(spec: &RuleSpec) -> [(&str, SchemaRef); 2] {
+    let def = table_def(&spec.table);
     [
-        (spec.table.as_str(), assets_schema()),
-        (PAIR_ASSETS, assets_schema()),
+        (spec.table.as_str(), (def.schema)()),
+        (def.context, (def.schema)()),
     ]
 }
 
@@ -150,13 +187,14 @@ fn compile_rule(spec: &RuleSpec) -> Result<CompiledRule, (&'static str, String)>
         due_col: 1,
         fire_col: 2,
         evidence_cols: Vec::new(),
-        uses_pair: false,
+        uses_context: false,
         due_kernel: None,
     })
 }
 
-/// A `query` rule: one SELECT over the rule's table and `pair_assets`, with columns `__row`,
-/// `due_at` (timestamp) and `fire` (boolean); any other column is copied into the evidence.
+/// A `query` rule: one SELECT over the rule's table and its context table, with columns
+/// `__row`, `due_at` (timestamp) and `fire` (boolean); any other column is copied into the
+/// evidence. Its optional `due_at` and `filter` apply to the row alone, before the query.
 fn compile_query(spec: &RuleSpec, query: &str) -> Result<CompiledRule, (&'static str, String)> {
     let kernel =
         Kernel::compile_with(&tables(spec), query).map_err(|e| ("query", first_line(e)))?;
@@ -191,10 +229,16 @@ fn compile_query(spec: &RuleSpec, query: &str) -> Result<CompiledRule, (&'static
     let due_kernel = if spec.due_at.trim().is_empty() {
         None
     } else {
+        let filter = spec.filter.as_deref().unwrap_or("TRUE");
+        Kernel::compile_with(
+            &tables(spec),
+            &format!("SELECT __row FROM {} WHERE ({filter})", spec.table),
+        )
+        .map_err(|e| ("filter", first_line(e)))?;
         let k = Kernel::compile_with(
             &tables(spec),
             &format!(
-                "SELECT __row, ({}) AS due_at FROM {}",
+                "SELECT __row, ({}) AS due_at FROM {} WHERE ({filter})",
                 spec.due_at, spec.table
             ),
         )
@@ -216,7 +260,7 @@ fn compile_query(spec: &RuleSpec, query: &str) -> Result<CompiledRule, (&'static
         due_col,
         fire_col,
         evidence_cols,
-        uses_pair: query.contains(PAIR_ASSETS),
+        uses_context: query.contains(table_def(&spec.table).context),
         due_kernel,
     })
 }
@@ -241,89 +285,132 @@ impl Stamp {
 
 impl RuleSet {
     pub fn len(&self) -> usize {
-        self.rules.len()
+        self.assets.rules.len() + self.actions.rules.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.len() == 0
+    }
+
+    /// Whether a rule reads `actions` (the engine keeps the action log only then).
+    pub fn reads_actions(&self) -> bool {
+        !self.actions.rules.is_empty()
     }
 
     pub fn timers(&self) -> usize {
-        self.timers.len()
+        self.assets.timers.len() + self.actions.timers.len()
     }
 
-    /// Evaluates the rules on `changed` rows and on rows whose timer is due at the watermark.
-    pub fn evaluate(
+    /// Evaluates the `assets` rules; see `TableRules::evaluate`.
+    pub fn evaluate_assets(
         &mut self,
-        changed: Vec<AssetIx>,
+        changed: (Vec<u32>, Vec<u32>),
         assets: &mut AssetJoin,
         dir: &Directory,
         stamp: Stamp,
         out: &mut Vec<Alert>,
     ) -> datafusion::error::Result<()> {
+        self.assets.evaluate(changed, assets, dir, stamp, out)
+    }
+
+    /// Evaluates the `actions` rules; see `TableRules::evaluate`.
+    pub fn evaluate_actions(
+        &mut self,
+        changed: (Vec<u32>, Vec<u32>),
+        actions: &mut ActionLog,
+        dir: &Directory,
+        stamp: Stamp,
+        out: &mut Vec<Alert>,
+    ) -> datafusion::error::Result<()> {
+        self.actions.evaluate(changed, actions, dir, stamp, out)
+    }
+}
+
+impl TableRules {
+    /// Evaluates the rules on `changed.0` rows, on rows whose timer is due at the watermark
+    /// and, for rules that join the context table, on the context of `changed.1` (rows changed
+    /// by late data): only late data can change a decision already made, because a rule
+    /// decides from data at or before its `due_at`, which on-time data never is once decided.
+    fn evaluate<T: RuleTable>(
+        &mut self,
+        (changed, late): (Vec<u32>, Vec<u32>),
+        table: &mut T,
+        dir: &Directory,
+        stamp: Stamp,
+        out: &mut Vec<Alert>,
+    ) -> datafusion::error::Result<()> {
+        if self.rules.is_empty() {
+            return Ok(());
+        }
         let mut rows = changed;
         let horizon = stamp.watermark.saturating_add(stamp.complete as Millis);
         while let Some((_, ix)) = self.timers.pop_due(horizon) {
             rows.push(ix);
+        }
+        // Late data in a group makes its rows' new decisions late too: a context rule that
+        // fires now on a row decided before fires because of it (the engine decides what was
+        // due before it applies a late event), so `fired_at` is that late watermark.
+        let mut late_groups: rustc_hash::FxHashMap<u64, Millis> = Default::default();
+        if !late.is_empty() && self.rules.iter().any(|r| r.uses_context) {
+            for ix in &late {
+                if let Some(w) = table
+                    .row(*ix)
+                    .and_then(|r| r.late_w().map(|w| (r.group(), w)))
+                {
+                    let e = late_groups.entry(w.0).or_insert(w.1);
+                    *e = (*e).max(w.1);
+                }
+            }
+            rows.extend(table.closure(&late));
         }
         if rows.is_empty() {
             return Ok(());
         }
         rows.sort_unstable();
         rows.dedup();
-        rows.retain(|ix| assets.asset(*ix).is_some());
-        // A pair rule's row depends on the pair's other assets: with such a rule, every asset of
-        // the pairs involved is evaluated (one batch for all rules, cheaper than two), and that
-        // set is also the `pair_assets` context.
-        let uses_pair = self.rules.iter().any(|r| r.uses_pair);
-        if uses_pair {
-            rows = pair_closure(&rows, assets);
-        }
-        let batch = table::assets_batch(&rows, assets, dir)?;
-        let empty = datafusion::arrow::record_batch::RecordBatch::new_empty(assets_schema());
+        rows.retain(|ix| table.row(*ix).is_some());
+        let batch = table.batch(&rows, dir)?;
         let mut inputs = Vec::with_capacity(self.rules.len());
-        let mut waiting: Vec<(AssetIx, Millis)> = Vec::new();
+        let mut waiting: Vec<(u32, Millis)> = Vec::new();
         for rule in &self.rules {
-            let Some(pre) = &rule.due_kernel else {
-                let context = if rule.uses_pair {
-                    batch.clone()
-                } else {
-                    empty.clone()
-                };
-                inputs.push(Some((batch.clone(), context)));
-                continue;
-            };
-            // Rows not yet due only get a timer; the query runs on the due ones.
-            let mut ready = Vec::new();
-            for res in pre.run(batch.clone())? {
-                let ixs = res.column(0).as_primitive::<UInt32Type>();
-                let due = millis(res.column(1))?;
-                for i in 0..res.num_rows() {
-                    if due.is_null(i) {
+            let (ready_batch, ready) = match &rule.due_kernel {
+                None => (batch.clone(), None),
+                Some(pre) => {
+                    // Rows not yet due only get a timer; the query runs on the due ones.
+                    let mut ready = Vec::new();
+                    for res in pre.run(batch.clone())? {
+                        let ixs = res.column(0).as_primitive::<UInt32Type>();
+                        let due = millis(res.column(1))?;
+                        for i in 0..res.num_rows() {
+                            if due.is_null(i) {
+                                continue;
+                            }
+                            let (ix, due_at) = (ixs.value(i), due.value(i));
+                            if stamp.decidable(due_at) {
+                                ready.push(ix);
+                            } else {
+                                waiting.push((ix, due_at));
+                            }
+                        }
+                    }
+                    if ready.is_empty() {
+                        inputs.push(None);
                         continue;
                     }
-                    let (ix, due_at) = (ixs.value(i), due.value(i));
-                    if stamp.decidable(due_at) {
-                        ready.push(ix);
-                    } else {
-                        waiting.push((ix, due_at));
-                    }
+                    (table.batch(&ready, dir)?, Some(ready))
                 }
-            }
-            if ready.is_empty() {
-                inputs.push(None);
-                continue;
-            }
-            let context = if rule.uses_pair {
-                table::assets_batch(&pair_closure(&ready, assets), assets, dir)?
-            } else {
-                empty.clone()
             };
-            inputs.push(Some((table::assets_batch(&ready, assets, dir)?, context)));
+            let context = if rule.uses_context {
+                table.batch(&table.closure(ready.as_deref().unwrap_or(&rows)), dir)?
+            } else {
+                RecordBatch::new_empty(ready_batch.schema())
+            };
+            inputs.push(Some((ready_batch, context)));
         }
         for (ix, due_at) in waiting {
-            if let Some(a) = assets.asset_mut(ix) {
-                a.decision_due = a.decision_due.min(due_at);
+            if let Some(row) = table.row_mut(ix) {
+                let (_, decision_due) = row.state();
+                *decision_due = (*decision_due).min(due_at);
                 self.timers.schedule(due_at.saturating_add(1), ix);
             }
         }
@@ -343,119 +430,127 @@ impl RuleSet {
                         continue;
                     }
                     let (ix, due_at) = (ixs.value(i), due.value(i));
-                    let Some(a) = assets.asset_mut(ix) else {
+                    let Some(row) = table.row_mut(ix) else {
                         continue;
                     };
                     if !stamp.decidable(due_at) {
-                        a.decision_due = a.decision_due.min(due_at);
+                        let (_, decision_due) = row.state();
+                        *decision_due = (*decision_due).min(due_at);
                         // Due once the watermark is past `due_at`.
                         self.timers.schedule(due_at.saturating_add(1), ix);
                         continue;
                     }
-                    a.decision_due = Millis::MAX;
+                    *row.state().1 = Millis::MAX;
                     let firing = !fire.is_null(i) && fire.value(i);
                     let extra = evidence_columns(res, &self.rules[r].evidence_cols, i);
-                    self.decide(r, a, due_at, firing, extra, dir, stamp, out);
+                    let n = self.rules.len();
+                    let group_late = rule
+                        .uses_context
+                        .then(|| late_groups.get(&row.group()).copied())
+                        .flatten();
+                    let late_w = row.late_w().max(group_late);
+                    let d = Decision {
+                        due_at,
+                        firing,
+                        late_w,
+                        extra,
+                    };
+                    decide(&rule.spec, r, n, row, d, dir, stamp, out);
                 }
             }
         }
         Ok(())
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn decide(
-        &self,
-        r: usize,
-        a: &mut Asset,
-        due_at: Millis,
-        firing: bool,
-        extra: Map<String, Value>,
-        dir: &Directory,
-        stamp: Stamp,
-        out: &mut Vec<Alert>,
-    ) {
-        if a.alerts.len() <= r {
-            a.alerts.resize(self.rules.len(), None);
+/// One rule's verdict on one row.
+struct Decision {
+    due_at: Millis,
+    firing: bool,
+    /// The latest watermark at which late data changed what the verdict reads.
+    late_w: Option<Millis>,
+    /// A query rule's extra columns.
+    extra: Map<String, Value>,
+}
+
+/// Applies one decision of rule `r` (of `n` on the table) to a row's alert state.
+#[allow(clippy::too_many_arguments)]
+fn decide<R: RuleRow>(
+    spec: &RuleSpec,
+    r: usize,
+    n: usize,
+    row: &mut R,
+    d: Decision,
+    dir: &Directory,
+    stamp: Stamp,
+    out: &mut Vec<Alert>,
+) {
+    let Decision {
+        due_at,
+        firing,
+        late_w,
+        extra,
+    } = d;
+    let (alerts, _) = row.state();
+    if alerts.len() <= r {
+        alerts.resize(n, None);
+    }
+    match (alerts[r], firing) {
+        (None, true) => {
+            // Replay: the alert is due when the watermark reaches `due_at`, or later when
+            // only late data made it true.
+            let fired_at = stamp
+                .now
+                .unwrap_or_else(|| due_at.max(late_w.unwrap_or(Millis::MIN)));
+            let mark = AlertMark {
+                status: AlertStatus::Firing,
+                due_at,
+                fired_at,
+            };
+            alerts[r] = Some(mark);
+            let mut ev = row.evidence(due_at);
+            ev.extend(extra);
+            out.push(alert(spec, row, mark, ev, dir));
         }
-        let spec = &self.rules[r].spec;
-        match (a.alerts[r], firing) {
-            (None, true) => {
-                // Replay: the alert is due when the watermark reaches `due_at`, or later when
-                // only late data made it true.
-                let fired_at = stamp
-                    .now
-                    .unwrap_or_else(|| due_at.max(a.late_w.unwrap_or(Millis::MIN)));
-                let mark = AlertMark {
-                    status: AlertStatus::Firing,
-                    due_at,
-                    fired_at,
-                };
-                a.alerts[r] = Some(mark);
-                let mut ev = evidence(a, due_at);
-                ev.extend(extra);
-                out.push(alert(spec, a, mark, ev, dir));
-            }
-            (Some(m), false) if m.status == AlertStatus::Firing => {
-                let resolved_at = stamp
-                    .now
-                    .unwrap_or_else(|| a.late_w.unwrap_or(stamp.watermark));
-                let mark = AlertMark {
-                    status: AlertStatus::Resolved,
-                    ..m
-                };
-                a.alerts[r] = Some(mark);
-                let mut ev = evidence(a, m.due_at);
-                ev.extend(extra);
-                ev.insert("resolved_at".into(), json!(format_time(resolved_at)));
-                ev.insert(
-                    "resolved_by".into(),
-                    a.first_contract
-                        .as_ref()
-                        .map_or(Value::Null, |(_, id)| json!(id)),
-                );
-                out.push(alert(spec, a, mark, ev, dir));
-            }
-            _ => {}
+        (Some(m), false) if m.status == AlertStatus::Firing => {
+            let resolved_at = stamp
+                .now
+                .unwrap_or_else(|| late_w.unwrap_or(stamp.watermark));
+            let mark = AlertMark {
+                status: AlertStatus::Resolved,
+                ..m
+            };
+            alerts[r] = Some(mark);
+            let mut ev = row.evidence(m.due_at);
+            ev.extend(extra);
+            ev.insert("resolved_at".into(), json!(format_time(resolved_at)));
+            ev.insert("resolved_by".into(), row.resolved_by());
+            out.push(alert(spec, row, mark, ev, dir));
         }
+        _ => {}
     }
 }
 
-fn alert(
+fn alert<R: RuleRow>(
     spec: &RuleSpec,
-    a: &Asset,
+    row: &R,
     m: AlertMark,
     evidence: Map<String, Value>,
     dir: &Directory,
 ) -> Alert {
+    let pair = row.pair();
     Alert {
-        alert_id: format!("{}:{}", spec.name, a.asset_id),
+        alert_id: format!("{}:{}", spec.name, row.key()),
         rule: spec.name.clone(),
         status: m.status,
-        rep_id: dir.rep_id(a.pair.rep()).to_string(),
-        customer_id: dir.customer_id(a.pair.customer()).to_string(),
-        region: dir.region_of(a.pair.rep()).to_string(),
-        asset_id: Some(a.asset_id.to_string()),
+        rep_id: dir.rep_id(pair.rep()).to_string(),
+        customer_id: dir.customer_id(pair.customer()).to_string(),
+        region: dir.region_of(pair.rep()).to_string(),
+        asset_id: row.asset_id().map(str::to_string),
         due_at: m.due_at,
         fired_at: m.fired_at,
         evidence,
     }
-}
-
-/// Every retained asset of the pairs of `rows`, ascending.
-fn pair_closure(rows: &[AssetIx], assets: &AssetJoin) -> Vec<AssetIx> {
-    let mut pairs: Vec<_> = rows
-        .iter()
-        .filter_map(|ix| assets.asset(*ix).map(|a| a.pair))
-        .collect();
-    pairs.sort_unstable();
-    pairs.dedup();
-    let mut all: Vec<AssetIx> = pairs
-        .iter()
-        .flat_map(|p| assets.assets_of(*p).iter().copied())
-        .filter(|ix| assets.asset(*ix).is_some())
-        .collect();
-    all.sort_unstable();
-    all
 }
 
 /// A timestamp column as epoch milliseconds.
@@ -506,25 +601,6 @@ fn evidence_columns(
     m
 }
 
-/// Evidence of an asset alert; counts cover effective times [sent_at, due_at] (EVENTS.md §8).
-fn evidence(a: &Asset, due_at: Millis) -> Map<String, Value> {
-    let counted: Vec<Millis> = a.counted.iter().copied().filter(|t| *t <= due_at).collect();
-    let excluded = a.excluded.iter().filter(|t| **t <= due_at).count();
-    let mut m = Map::new();
-    m.insert("quote_sent_at".into(), json!(format_time(a.sent_at)));
-    m.insert("counted_opens".into(), json!(counted.len()));
-    m.insert("excluded_opens".into(), json!(excluded));
-    m.insert(
-        "last_open_at".into(),
-        counted
-            .last()
-            .map_or(Value::Null, |t| json!(format_time(*t))),
-    );
-    m.insert("customer_online_at_send".into(), json!(a.online_at_send));
-    m.insert("product_page_visits_30m".into(), json!(a.product_visits));
-    m
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,7 +617,7 @@ mod tests {
     fn the_default_rules_plan() {
         let dir = tempfile::tempdir().expect("tmp");
         let p = pipeline(&default_text(), dir.path());
-        assert_eq!(compile(&p).expect("plans").len(), 2);
+        assert_eq!(compile(&p).expect("plans").len(), 3);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The `assets` operator table as rules see it: one row per sent asset, built only for the
-//! rows a micro-batch changed or a timer brought due.
+//! The operator tables as rules see them: `assets` (one row per sent asset, context
+//! `pair_assets`) and `actions` (one row per retained `crm.action`, context `rep_actions`),
+//! built only for the rows a micro-batch changed or a timer brought due.
 
 use std::sync::Arc;
 
@@ -10,8 +11,187 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 
+use serde_json::{Map, Value, json};
+
 use crate::directory::Directory;
-use crate::operators::assets::{AssetIx, AssetJoin};
+use crate::event::{Millis, format_time};
+use crate::operators::Pair;
+use crate::operators::actions::{ActionLog, ActionRow};
+use crate::operators::assets::{Asset, AssetIx, AssetJoin};
+
+use super::AlertMark;
+
+/// One operator table: its rows by index, Arrow batches of some of them, and the context rows
+/// (the rows' pairs' assets, the rows' reps' actions) that a query rule may join.
+pub trait RuleTable {
+    type Row: RuleRow;
+    fn row(&self, ix: u32) -> Option<&Self::Row>;
+    fn row_mut(&mut self, ix: u32) -> Option<&mut Self::Row>;
+    fn batch(&self, rows: &[u32], dir: &Directory) -> datafusion::error::Result<RecordBatch>;
+    /// Every retained row sharing a context key with one of `rows`, ascending.
+    fn closure(&self, rows: &[u32]) -> Vec<u32>;
+}
+
+/// A row an alert can be raised on.
+pub trait RuleRow {
+    /// Alert state per rule of the table, and the earliest `due_at` a rule waits for.
+    fn state(&mut self) -> (&mut Vec<Option<AlertMark>>, &mut Millis);
+    /// The watermark when late data last changed the row.
+    fn late_w(&self) -> Option<Millis>;
+    fn pair(&self) -> Pair;
+    /// The context key: rows of one group are each other's context (a pair, a rep).
+    fn group(&self) -> u64;
+    /// What names the alert after the rule: `alert_id` = `<rule>:<key>`.
+    fn key(&self) -> &str;
+    fn asset_id(&self) -> Option<&str>;
+    /// Evidence every alert on this kind of row carries.
+    fn evidence(&self, due_at: Millis) -> Map<String, Value>;
+    /// What resolved a resolved alert (an event id), if the row knows it.
+    fn resolved_by(&self) -> Value;
+}
+
+impl RuleRow for Asset {
+    fn state(&mut self) -> (&mut Vec<Option<AlertMark>>, &mut Millis) {
+        (&mut self.alerts, &mut self.decision_due)
+    }
+    fn late_w(&self) -> Option<Millis> {
+        self.late_w
+    }
+    fn pair(&self) -> Pair {
+        self.pair
+    }
+    fn group(&self) -> u64 {
+        self.pair.0
+    }
+    fn key(&self) -> &str {
+        &self.asset_id
+    }
+    fn asset_id(&self) -> Option<&str> {
+        Some(&self.asset_id)
+    }
+    /// Counts cover effective times [sent_at, due_at] (EVENTS.md §8).
+    fn evidence(&self, due_at: Millis) -> Map<String, Value> {
+        let counted: Vec<Millis> = self
+            .counted
+            .iter()
+            .copied()
+            .filter(|t| *t <= due_at)
+            .collect();
+        let excluded = self.excluded.iter().filter(|t| **t <= due_at).count();
+        let mut m = Map::new();
+        m.insert("quote_sent_at".into(), json!(format_time(self.sent_at)));
+        m.insert("counted_opens".into(), json!(counted.len()));
+        m.insert("excluded_opens".into(), json!(excluded));
+        m.insert(
+            "last_open_at".into(),
+            counted
+                .last()
+                .map_or(Value::Null, |t| json!(format_time(*t))),
+        );
+        m.insert("customer_online_at_send".into(), json!(self.online_at_send));
+        m.insert("product_page_visits_30m".into(), json!(self.product_visits));
+        m
+    }
+    fn resolved_by(&self) -> Value {
+        self.first_contract
+            .as_ref()
+            .map_or(Value::Null, |(_, id)| json!(id))
+    }
+}
+
+impl RuleRow for ActionRow {
+    fn state(&mut self) -> (&mut Vec<Option<AlertMark>>, &mut Millis) {
+        (&mut self.alerts, &mut self.decision_due)
+    }
+    fn late_w(&self) -> Option<Millis> {
+        self.late_w
+    }
+    fn pair(&self) -> Pair {
+        self.pair
+    }
+    fn group(&self) -> u64 {
+        self.pair.rep() as u64
+    }
+    fn key(&self) -> &str {
+        &self.event_id
+    }
+    fn asset_id(&self) -> Option<&str> {
+        self.asset_id.as_deref()
+    }
+    fn evidence(&self, _due_at: Millis) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("event_id".into(), json!(self.event_id));
+        m.insert("action".into(), json!(self.action.as_str()));
+        m.insert("action_at".into(), json!(format_time(self.at)));
+        m.insert(
+            "channel".into(),
+            self.channel.map_or(Value::Null, |c| json!(c.as_str())),
+        );
+        m.insert(
+            "city".into(),
+            self.city.as_deref().map_or(Value::Null, |c| json!(c)),
+        );
+        m
+    }
+    fn resolved_by(&self) -> Value {
+        Value::Null
+    }
+}
+
+impl RuleTable for AssetJoin {
+    type Row = Asset;
+    fn row(&self, ix: u32) -> Option<&Asset> {
+        self.asset(ix)
+    }
+    fn row_mut(&mut self, ix: u32) -> Option<&mut Asset> {
+        self.asset_mut(ix)
+    }
+    fn batch(&self, rows: &[u32], dir: &Directory) -> datafusion::error::Result<RecordBatch> {
+        assets_batch(rows, self, dir)
+    }
+    fn closure(&self, rows: &[u32]) -> Vec<u32> {
+        let mut pairs: Vec<_> = rows
+            .iter()
+            .filter_map(|ix| self.asset(*ix).map(|a| a.pair))
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        let mut all: Vec<AssetIx> = pairs
+            .iter()
+            .flat_map(|p| self.assets_of(*p).iter().copied())
+            .filter(|ix| self.asset(*ix).is_some())
+            .collect();
+        all.sort_unstable();
+        all
+    }
+}
+
+impl RuleTable for ActionLog {
+    type Row = ActionRow;
+    fn row(&self, ix: u32) -> Option<&ActionRow> {
+        ActionLog::row(self, ix)
+    }
+    fn row_mut(&mut self, ix: u32) -> Option<&mut ActionRow> {
+        ActionLog::row_mut(self, ix)
+    }
+    fn batch(&self, rows: &[u32], dir: &Directory) -> datafusion::error::Result<RecordBatch> {
+        actions_batch(rows, self, dir)
+    }
+    fn closure(&self, rows: &[u32]) -> Vec<u32> {
+        let mut reps: Vec<_> = rows
+            .iter()
+            .filter_map(|ix| self.row(*ix).map(|a| a.pair.rep()))
+            .collect();
+        reps.sort_unstable();
+        reps.dedup();
+        let mut all: Vec<u32> = reps
+            .iter()
+            .flat_map(|r| self.rows_of(*r).iter().copied())
+            .collect();
+        all.sort_unstable();
+        all
+    }
+}
 
 fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
@@ -60,28 +240,19 @@ pub fn assets_batch(
         times.append(true);
     }
     let utc = |v: TimestampMillisecondArray| Arc::new(v.with_timezone("UTC")) as ArrayRef;
-    let columns: Vec<ArrayRef> = vec![
+    let mut columns = vec![
         Arc::new(UInt32Array::from_iter_values(
             list.iter().map(|(ix, _)| *ix),
-        )),
+        )) as ArrayRef,
         Arc::new(StringArray::from_iter_values(
             list.iter().map(|(_, a)| &*a.asset_id),
         )),
-        Arc::new(StringArray::from_iter_values(
-            list.iter().map(|(_, a)| dir.rep_id(a.pair.rep())),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            list.iter().map(|(_, a)| dir.customer_id(a.pair.customer())),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            list.iter().map(|(_, a)| dir.region_of(a.pair.rep())),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            list.iter().map(|(_, a)| a.action.as_str()),
-        )),
-        Arc::new(StringArray::from_iter(
-            list.iter().map(|(_, a)| a.channel.map(|c| c.as_str())),
-        )),
+    ];
+    columns.extend(pair_columns(
+        list.iter().map(|(_, a)| (a.pair, a.action, a.channel)),
+        dir,
+    ));
+    columns.extend::<[ArrayRef; 8]>([
         utc(TimestampMillisecondArray::from_iter_values(
             list.iter().map(|(_, a)| a.sent_at),
         )),
@@ -105,6 +276,82 @@ pub fn assets_batch(
         Arc::new(Int64Array::from_iter_values(
             list.iter().map(|(_, a)| a.product_visits as i64),
         )),
-    ];
+    ]);
     Ok(RecordBatch::try_new(assets_schema(), columns)?)
+}
+
+/// Columns of `actions` (README "Rules" lists them with their meaning).
+pub fn actions_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("__row", DataType::UInt32, false),
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("rep_id", DataType::Utf8, false),
+        Field::new("customer_id", DataType::Utf8, false),
+        Field::new("region", DataType::Utf8, false),
+        Field::new("action", DataType::Utf8, false),
+        Field::new("channel", DataType::Utf8, true),
+        Field::new("city", DataType::Utf8, true),
+        Field::new("asset_id", DataType::Utf8, true),
+        Field::new("at", ts(), false),
+    ]))
+}
+
+/// `rep_id`, `customer_id`, `region`, `action`, `channel`: the columns both tables share.
+fn pair_columns(
+    rows: impl Iterator<Item = (Pair, crate::event::Action, Option<crate::event::Channel>)> + Clone,
+    dir: &Directory,
+) -> [ArrayRef; 5] {
+    [
+        Arc::new(StringArray::from_iter_values(
+            rows.clone().map(|(p, _, _)| dir.rep_id(p.rep())),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.clone().map(|(p, _, _)| dir.customer_id(p.customer())),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.clone().map(|(p, _, _)| dir.region_of(p.rep())),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.clone().map(|(_, a, _)| a.as_str()),
+        )),
+        Arc::new(StringArray::from_iter(
+            rows.map(|(_, _, c)| c.map(|c| c.as_str())),
+        )),
+    ]
+}
+
+pub fn actions_batch(
+    rows: &[u32],
+    log: &ActionLog,
+    dir: &Directory,
+) -> datafusion::error::Result<RecordBatch> {
+    let list: Vec<_> = rows
+        .iter()
+        .filter_map(|ix| log.row(*ix).map(|a| (*ix, a)))
+        .collect();
+    let mut columns = vec![
+        Arc::new(UInt32Array::from_iter_values(
+            list.iter().map(|(ix, _)| *ix),
+        )) as ArrayRef,
+        Arc::new(StringArray::from_iter_values(
+            list.iter().map(|(_, a)| &*a.event_id),
+        )),
+    ];
+    columns.extend(pair_columns(
+        list.iter().map(|(_, a)| (a.pair, a.action, a.channel)),
+        dir,
+    ));
+    columns.extend::<[ArrayRef; 3]>([
+        Arc::new(StringArray::from_iter(
+            list.iter().map(|(_, a)| a.city.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter(
+            list.iter().map(|(_, a)| a.asset_id.as_deref()),
+        )),
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(list.iter().map(|(_, a)| a.at))
+                .with_timezone("UTC"),
+        ),
+    ]);
+    Ok(RecordBatch::try_new(actions_schema(), columns)?)
 }

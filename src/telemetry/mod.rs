@@ -48,6 +48,53 @@ pub const UNROUTED_ALERTS: &str = "touchstream_unrouted_alerts_total";
 /// Seconds from an alert's `fired_at` to its delivery, label `receiver`.
 pub const NOTIFY_LATENCY_SECONDS: &str = "touchstream_notify_latency_seconds";
 
+// Process health (issue 4): per-rep figures over the trailing `[health] window_days`, set
+// from one snapshot of the engine's state every `[health] publish_interval_seconds`. Labels:
+// `rep` and `region` (never a customer id); README "Business metrics" defines each figure.
+
+/// Mean CDI over the rep's active customers (pairs with an event in the CDI window).
+pub const REP_CDI_MEAN: &str = "touchstream_rep_cdi_mean";
+/// The rep's active customers in each CDI band, label `band` (`high`, `mid`, `low`).
+pub const REP_CUSTOMERS: &str = "touchstream_rep_customers";
+/// Assets the rep sent in the window.
+pub const REP_ASSETS_SENT: &str = "touchstream_rep_assets_sent";
+/// Of those, assets with at least one counted open.
+pub const REP_ASSETS_OPENED: &str = "touchstream_rep_assets_opened";
+/// `assets_opened / assets_sent` (absent while nothing was sent).
+pub const REP_OPEN_RATE: &str = "touchstream_rep_open_rate";
+/// Customers the rep messaged on WeCom in the window.
+pub const REP_CUSTOMERS_MESSAGED: &str = "touchstream_rep_customers_messaged";
+/// Of those, customers who answered within `reply_within_hours` of a rep message.
+pub const REP_CUSTOMERS_REPLIED: &str = "touchstream_rep_customers_replied";
+/// `customers_replied / customers_messaged`.
+pub const REP_REPLY_RATE: &str = "touchstream_rep_reply_rate";
+/// Customers with at least one interaction session in the window.
+pub const REP_CUSTOMERS_TOUCHED: &str = "touchstream_rep_customers_touched";
+/// Of those, customers with two or more sessions.
+pub const REP_CUSTOMERS_RETOUCHED: &str = "touchstream_rep_customers_retouched";
+/// `customers_retouched / customers_touched`.
+pub const REP_SECOND_TOUCH_RATE: &str = "touchstream_rep_second_touch_rate";
+/// Leads assigned in the window whose follow-up is decided (touched, or 72 h passed).
+pub const REP_LEADS_DUE: &str = "touchstream_rep_leads_due";
+/// Of those, leads the rep touched within `followup_within_hours`.
+pub const REP_LEADS_FOLLOWED_UP: &str = "touchstream_rep_leads_followed_up";
+/// `leads_followed_up / leads_due`.
+pub const REP_FOLLOWUP_RATE: &str = "touchstream_rep_followup_72h_rate";
+/// Health status of one rate, label `metric` (`open_rate`, `reply_rate`, `second_touch_rate`):
+/// 0 green, 1 yellow, 2 red, by the thresholds of `[health.<metric>]`.
+pub const REP_HEALTH: &str = "touchstream_rep_health";
+/// Alerts fired, labels `rep`, `region`, `rule`.
+pub const REP_ALERTS: &str = "touchstream_rep_alerts_total";
+/// Seconds from `lead_assigned` to the rep's first touch of that customer, label `region`
+/// (histogram, observed when the touch is applied).
+pub const FIRST_RESPONSE_SECONDS: &str = "touchstream_first_response_seconds";
+/// Per-customer CDI records published to `touch.cdi`.
+pub const CDI_PUBLISHED: &str = "touchstream_cdi_published_total";
+
+/// Histogram buckets (seconds) for first-response time: minutes to a week.
+pub const FIRST_RESPONSE_BUCKETS: &[f64] = &[
+    300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 172800.0, 259200.0, 604800.0,
+];
 /// Histogram buckets (seconds) for batch duration.
 pub const BATCH_DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

@@ -1,0 +1,137 @@
+//! The action log: every `crm.action` of the last `[actions] retention_seconds` (event time),
+//! one row each, indexed by rep. It exists only when a rule reads the `actions` table, and it
+//! keeps per row the alert state rules need (like the asset join does per asset).
+
+use compact_str::CompactString;
+use rustc_hash::FxHashMap as HashMap;
+
+use crate::directory::RepIx;
+use crate::event::{Action, Channel, Millis};
+
+use super::{LazyTimers, Pair};
+
+/// One retained `crm.action`.
+#[derive(Debug, Clone)]
+pub struct ActionRow {
+    pub event_id: Box<str>,
+    pub pair: Pair,
+    pub action: Action,
+    pub channel: Option<Channel>,
+    pub city: Option<CompactString>,
+    pub asset_id: Option<Box<str>>,
+    /// Effective time.
+    pub at: Millis,
+    /// The watermark when the row arrived late (None if on time).
+    pub late_w: Option<Millis>,
+    /// Alert state per rule of the `actions` table, kept by `rules`.
+    pub alerts: Vec<Option<crate::rules::AlertMark>>,
+    /// Earliest `due_at` a rule is waiting for on this row (`Millis::MAX`: none).
+    pub decision_due: Millis,
+}
+
+/// Index of a row in the slab.
+pub type ActionIx = u32;
+
+#[derive(Debug)]
+pub struct ActionLog {
+    retention_ms: Millis,
+    slab: Vec<Option<ActionRow>>,
+    free: Vec<ActionIx>,
+    by_rep: HashMap<RepIx, Vec<ActionIx>>,
+    expiry: LazyTimers<ActionIx>,
+    dirty: Vec<ActionIx>,
+    /// Rows that arrived behind the watermark since the last `take_dirty`.
+    late: Vec<ActionIx>,
+}
+
+impl ActionLog {
+    pub fn new(retention_seconds: u64) -> Self {
+        ActionLog {
+            retention_ms: retention_seconds as Millis * 1000,
+            slab: Vec::new(),
+            free: Vec::new(),
+            by_rep: HashMap::default(),
+            expiry: LazyTimers::default(),
+            dirty: Vec::new(),
+            late: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slab.len() - self.free.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn row(&self, ix: ActionIx) -> Option<&ActionRow> {
+        self.slab.get(ix as usize).and_then(Option::as_ref)
+    }
+
+    pub fn row_mut(&mut self, ix: ActionIx) -> Option<&mut ActionRow> {
+        self.slab.get_mut(ix as usize).and_then(Option::as_mut)
+    }
+
+    /// The retained rows of a rep.
+    pub fn rows_of(&self, rep: RepIx) -> &[ActionIx] {
+        self.by_rep.get(&rep).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether a rule decision that the watermark `w` already allows is still pending on a row
+    /// of `rep`: the engine then decides first, before a late action of the rep joins them.
+    pub fn awaits_decision(&self, rep: RepIx, w: Millis) -> bool {
+        self.rows_of(rep).iter().any(|ix| {
+            self.row(*ix)
+                .is_some_and(|r| r.decision_due < w || self.dirty.contains(ix))
+        })
+    }
+
+    /// Rows added since the last call, and those of them that arrived late.
+    pub fn take_dirty(&mut self) -> (Vec<ActionIx>, Vec<ActionIx>) {
+        (
+            std::mem::take(&mut self.dirty),
+            std::mem::take(&mut self.late),
+        )
+    }
+
+    /// Adds one action; `late_w` is the watermark when it arrived behind it.
+    pub fn add(&mut self, mut row: ActionRow, late_w: Option<Millis>) {
+        row.late_w = late_w;
+        let (rep, at) = (row.pair.rep(), row.at);
+        let ix = match self.free.pop() {
+            Some(ix) => {
+                self.slab[ix as usize] = Some(row);
+                ix
+            }
+            None => {
+                self.slab.push(Some(row));
+                (self.slab.len() - 1) as ActionIx
+            }
+        };
+        self.by_rep.entry(rep).or_default().push(ix);
+        self.expiry
+            .schedule(at.saturating_add(self.retention_ms), ix);
+        self.dirty.push(ix);
+        if late_w.is_some() {
+            self.late.push(ix);
+        }
+    }
+
+    /// Drops rows whose retention ended at the watermark `w`.
+    pub fn on_watermark(&mut self, w: Millis) {
+        while let Some((_, ix)) = self.expiry.pop_due(w) {
+            let Some(row) = self.slab.get_mut(ix as usize).and_then(Option::take) else {
+                continue;
+            };
+            let rep = row.pair.rep();
+            if let Some(rows) = self.by_rep.get_mut(&rep) {
+                rows.retain(|r| *r != ix);
+                if rows.is_empty() {
+                    self.by_rep.remove(&rep);
+                }
+            }
+            self.free.push(ix);
+        }
+    }
+}
