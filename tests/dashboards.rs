@@ -54,10 +54,16 @@ fn exported_metrics() -> BTreeSet<String> {
 /// The metric names an expression (PromQL) uses: identifiers `touchstream_...` outside string
 /// literals, not the names of recorded series (`level:metric:operations`, which hold colons).
 fn metric_names(expr: &str) -> BTreeSet<String> {
+    identifiers(expr, true)
+}
+
+/// Identifiers `touchstream_...` without colons in `text`; inside quotes too unless
+/// `skip_strings` (YAML quotes whole series selectors, PromQL quotes label values).
+fn identifiers(text: &str, skip_strings: bool) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let mut ident = String::new();
     let mut quote: Option<char> = None;
-    for c in expr.chars().chain(std::iter::once(' ')) {
+    for c in text.chars().chain(std::iter::once(' ')) {
         if let Some(q) = quote {
             if c == q {
                 quote = None;
@@ -72,7 +78,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             names.insert(ident.clone());
         }
         ident.clear();
-        if c == '"' || c == '\'' || c == '`' {
+        if skip_strings && matches!(c, '"' | '\'' | '`') {
             quote = Some(c);
         }
     }
@@ -297,7 +303,7 @@ fn every_metric_a_rule_names_is_exported() {
             if line.trim_start().starts_with('#') {
                 continue;
             }
-            for name in metric_names(line) {
+            for name in identifiers(line, false) {
                 if !is_exported(&name, &exported) {
                     problems.push(format!(
                         "{rel}:{}: {name} is not in src/telemetry/mod.rs",
@@ -333,6 +339,13 @@ fn metric_names_are_read_from_expressions() {
         "touchstream_rep_leads_due_bucket",
         &BTreeSet::new()
     ));
+    // In YAML a whole series selector is quoted.
+    assert_eq!(
+        identifiers("- series: 'touchstream_rep_leads_due{rep=\"r1\"}'", false)
+            .into_iter()
+            .collect::<Vec<_>>(),
+        ["touchstream_rep_leads_due"]
+    );
 }
 
 // ------------------------------------------------------------------ thresholds
