@@ -22,7 +22,8 @@ pub struct ReplayArgs {
     /// Input events, one JSON object per line.
     #[arg(long)]
     pub input: PathBuf,
-    /// Output folder (created): alerts.jsonl, sessions.jsonl, cdi.jsonl, dead_letters.jsonl.
+    /// Output folder (created): alerts.jsonl, sessions.jsonl, cdi.jsonl, dead_letters.jsonl,
+    /// and health.jsonl (every rep's process-health figures as of the final watermark).
     #[arg(long)]
     pub out: PathBuf,
     /// Move the watermark at least this far at the end (RFC 3339 or epoch ms), firing what is due.
@@ -122,6 +123,15 @@ pub fn replay(args: &ReplayArgs, wall_now: Millis) -> anyhow::Result<Totals> {
         writeln!(cdi, "{}", c.to_json())?;
     }
     cdi.flush()?;
+    let mut health = create("health.jsonl")?;
+    for h in engine.health() {
+        writeln!(
+            health,
+            "{}",
+            h.to_json(engine.directory(), &engine.pipeline().health)
+        )?;
+    }
+    health.flush()?;
     w.alerts.flush()?;
     w.sessions.flush()?;
     w.dead.flush()?;

@@ -32,28 +32,40 @@ struct OutputFile {
     order: Order,
     /// Dead letters: `error` is free wording, compared only as "a non-empty string".
     free_error: bool,
+    /// Compared only in cases that have its `expected_` file (cases about it).
+    optional: bool,
 }
 
-const OUTPUTS: [OutputFile; 4] = [
+const OUTPUTS: [OutputFile; 5] = [
     OutputFile {
         name: "alerts.jsonl",
         order: Order::Any,
         free_error: false,
+        optional: false,
     },
     OutputFile {
         name: "sessions.jsonl",
         order: Order::Any,
         free_error: false,
+        optional: false,
     },
     OutputFile {
         name: "cdi.jsonl",
         order: Order::File,
         free_error: false,
+        optional: false,
     },
     OutputFile {
         name: "dead_letters.jsonl",
         order: Order::Any,
         free_error: true,
+        optional: false,
+    },
+    OutputFile {
+        name: "health.jsonl",
+        order: Order::File,
+        free_error: false,
+        optional: true,
     },
 ];
 
@@ -272,6 +284,9 @@ fn check_case(case: &Case, bless: bool) -> String {
     let mut report = String::new();
     for spec in &OUTPUTS {
         let expected_path = case.dir.join(format!("expected_{}", spec.name));
+        if spec.optional && !expected_path.exists() {
+            continue;
+        }
         let actual = match read_output(&out.join(spec.name)) {
             Ok(text) => text,
             Err(e) => {
