@@ -669,6 +669,30 @@ impl Engine {
         }
     }
 
+    /// Remember which pairs' CDI changes, for `take_changed_cdi` (live runs publish them).
+    pub fn track_cdi_changes(&mut self) {
+        self.pairs.track_changes();
+    }
+
+    /// `(rep_id, customer_id, CDI)` of every pair whose CDI may have changed since the last
+    /// call, as of the watermark; None when the pair has no event in the window any more.
+    pub fn take_changed_cdi(&mut self) -> Vec<(String, String, Option<Cdi>)> {
+        let Some(w) = self.watermark() else {
+            return Vec::new();
+        };
+        self.pairs
+            .take_changed(w, &self.dir)
+            .into_iter()
+            .map(|(p, cdi)| {
+                (
+                    self.dir.rep_id(p.rep()).to_string(),
+                    self.dir.customer_id(p.customer()).to_string(),
+                    cdi,
+                )
+            })
+            .collect()
+    }
+
     /// Every rep's process-health figures as of the watermark (README "Business metrics").
     pub fn health(&self) -> Vec<RepHealth> {
         match self.watermark() {

@@ -2,6 +2,7 @@
 //! outputs, restart-safe), `demo` (a private server, a generated workload, alerts printed as a
 //! manager reads them) and the private nats-server launcher the demo and the tests share.
 
+pub mod cdi;
 mod checkpoint;
 pub mod demo;
 pub mod nats_server;

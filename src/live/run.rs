@@ -35,6 +35,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const IDLE_ADVANCE_EVERY: Duration = Duration::from_secs(1);
 /// While idle, how often the checkpoint is written even when nothing fired.
 const IDLE_CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
+/// How often the durable consumer's backlog is read for `touchstream_consumer_pending_messages`.
+const CONSUMER_LAG_EVERY: Duration = Duration::from_secs(5);
 const ACK_ATTEMPTS: u32 = 5;
 const RETRY_START: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -130,6 +132,8 @@ struct Live {
     stop: Stop,
     /// Highest input sequence acked.
     acked_seq: u64,
+    cdi: super::cdi::CdiPublisher,
+    last_health: Instant,
 }
 
 impl Live {
@@ -145,7 +149,9 @@ impl Live {
         let mut delay = RETRY_START;
         loop {
             // A bad pipeline or directory is fatal; only the NATS part is retried.
-            let engine = Engine::new(pipeline.clone(), directory.clone(), ClockMode::Live)?;
+            let mut engine = Engine::new(pipeline.clone(), directory.clone(), ClockMode::Live)?;
+            // From the rebuild on: after a restart every pair's CDI is written again.
+            engine.track_cdi_changes();
             match Self::try_start(&js, &pipeline, engine, &stop).await {
                 Ok(Some(live)) => return Ok(Some(live)),
                 Ok(None) => return Ok(None),
@@ -170,6 +176,7 @@ impl Live {
             return Ok(None);
         }
         let source = JetStreamSource::open(&input, pipeline, acked_through).await?;
+        let cdi = super::cdi::CdiPublisher::open(js).await?;
         tracing::info!(
             stream = %pipeline.source.stream,
             durable = %pipeline.source.durable,
@@ -184,11 +191,15 @@ impl Live {
             checkpoint,
             stop: stop.clone(),
             acked_seq: acked_through,
+            cdi,
+            last_health: Instant::now(),
         }))
     }
 
     async fn run(&mut self) -> anyhow::Result<()> {
         let idle_after = Duration::from_secs(self.pipeline.time.idle_advance_after_seconds);
+        let health_every = Duration::from_secs(self.pipeline.health.publish_interval_seconds);
+        let mut last_lag = Instant::now() - CONSUMER_LAG_EVERY;
         let mut last_input = Instant::now();
         let mut last_advance: Option<Instant> = None;
         let mut last_checkpoint = Instant::now();
@@ -220,6 +231,17 @@ impl Live {
                     self.save_checkpoint().await;
                     last_checkpoint = Instant::now();
                 }
+            }
+            if last_lag.elapsed() >= CONSUMER_LAG_EVERY {
+                last_lag = Instant::now();
+                match self.source.pending().await {
+                    Ok(n) => metrics::gauge!(crate::telemetry::CONSUMER_PENDING).set(n as f64),
+                    Err(e) => tracing::debug!("consumer lag: {e:#}"),
+                }
+            }
+            if self.last_health.elapsed() >= health_every {
+                self.last_health = Instant::now();
+                self.publish_health().await;
             }
         }
         tracing::info!(acked_seq = self.acked_seq, "stopped");
@@ -325,6 +347,26 @@ impl Live {
             }
         }
         false
+    }
+
+    /// Exports the per-rep gauges and publishes the CDI of pairs that changed. A failure is
+    /// logged, not fatal: the changed pairs are lost for this round only if NATS refused them,
+    /// and the gauges are set again next time.
+    async fn publish_health(&mut self) {
+        let reps = self.engine.health();
+        crate::telemetry::health::export(&reps, self.engine.directory(), &self.pipeline.health);
+        let changed = self.engine.take_changed_cdi();
+        if changed.is_empty() {
+            return;
+        }
+        let stop = self.stop.clone();
+        if let Err(e) = self
+            .cdi
+            .publish(changed, move || stop.overdue(SHUTDOWN_GRACE))
+            .await
+        {
+            tracing::warn!("publishing CDI: {e:#}");
+        }
     }
 
     async fn save_checkpoint(&self) {

@@ -58,7 +58,12 @@ pub struct PairAggregates {
     schema: SchemaRef,
     /// Buckets of each pair, ascending by start: new ones append, expired ones pop in front.
     pairs: HashMap<Pair, VecDeque<Bucket>>,
+    /// One timer per pair: when its oldest bucket leaves the window.
     timers: LazyTimers<Pair>,
+    /// Pairs whose CDI may have changed since the last `take_changed` (new touches, buckets
+    /// that left the window); kept only when `track_changes` is on (live runs publish them).
+    changed: rustc_hash::FxHashSet<Pair>,
+    track_changes: bool,
     // Rows of the current micro-batch, one per touch.
     pair_col: UInt64Builder,
     bucket_col: Int64Builder,
@@ -98,6 +103,8 @@ impl PairAggregates {
             schema,
             pairs: HashMap::default(),
             timers: LazyTimers::default(),
+            changed: Default::default(),
+            track_changes: false,
             pair_col: UInt64Builder::new(),
             bucket_col: Int64Builder::new(),
             channels_col: Int64Builder::new(),
@@ -188,11 +195,14 @@ impl PairAggregates {
                 }
                 Err(j) => {
                     buckets.insert(j, b);
-                    if j + 1 == buckets.len() {
+                    if buckets.len() == 1 {
                         self.timers
                             .schedule(b.start + self.window_ms + BUCKET_MS, p);
                     }
                 }
+            }
+            if self.track_changes {
+                self.changed.insert(p);
             }
         }
     }
@@ -200,15 +210,42 @@ impl PairAggregates {
     fn expire(&mut self, w: Millis) {
         let cut = w - self.window_ms;
         while let Some((_, p)) = self.timers.pop_due(w) {
-            if let Some(buckets) = self.pairs.get_mut(&p) {
-                while buckets.front().is_some_and(|b| b.start < cut) {
-                    buckets.pop_front();
-                }
-                if buckets.is_empty() {
+            let Some(buckets) = self.pairs.get_mut(&p) else {
+                continue;
+            };
+            let before = buckets.len();
+            while buckets.front().is_some_and(|b| b.start < cut) {
+                buckets.pop_front();
+            }
+            if self.track_changes && buckets.len() < before {
+                self.changed.insert(p);
+            }
+            match buckets.front() {
+                None => {
                     self.pairs.remove(&p);
+                }
+                Some(front) => {
+                    self.timers
+                        .schedule(front.start + self.window_ms + BUCKET_MS, p);
                 }
             }
         }
+    }
+
+    /// Starts remembering which pairs' CDI may have changed (for `take_changed`).
+    pub fn track_changes(&mut self) {
+        self.track_changes = true;
+    }
+
+    /// The pairs whose CDI may have changed since the last call, each with its CDI as of
+    /// `as_of` (None: no event in the window any more), sorted by pair.
+    pub fn take_changed(&mut self, as_of: Millis, dir: &Directory) -> Vec<(Pair, Option<Cdi>)> {
+        let mut pairs: Vec<Pair> = self.changed.drain().collect();
+        pairs.sort_unstable();
+        pairs
+            .into_iter()
+            .map(|p| (p, self.cdi_of(p, as_of, dir)))
+            .collect()
     }
 
     /// The CDI of one pair's buckets as of `as_of`, if it has an event in the window.

@@ -1,4 +1,4 @@
-//! The JetStream sink: the output streams (alerts, sessions, dead letters) and a publisher that
+//! The JetStream sink: the output streams (alerts, sessions, dead letters, CDI) and a publisher that
 //! sends a batch's records with `Nats-Msg-Id` and awaits every ack, retrying with backoff and
 //! never dropping a record. The run loop acks its input only after `publish_all` returns.
 
@@ -18,6 +18,10 @@ pub const ALERTS_STREAM: &str = "TOUCH_ALERTS";
 pub const SESSIONS_STREAM: &str = "TOUCH_SESSIONS";
 /// Stream of dead letters (`touch.dlq.<reason>`).
 pub const DLQ_STREAM: &str = "TOUCH_DLQ";
+/// Stream of per-customer CDI records (`touch.cdi`).
+pub const CDI_STREAM: &str = "TOUCH_CDI";
+/// Subject of per-customer CDI records.
+pub const CDI_SUBJECT: &str = "touch.cdi";
 
 /// How long the output streams keep records.
 pub const OUTPUT_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -34,12 +38,13 @@ const PUBLISH_CHUNK: usize = 1000;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Creates or updates the three output streams.
+/// Creates or updates the output streams.
 pub async fn ensure_output_streams(js: &Context) -> anyhow::Result<()> {
     let streams = [
         (ALERTS_STREAM, "touch.alerts.>", OUTPUT_DUPLICATE_WINDOW),
         (SESSIONS_STREAM, "touch.sessions", OUTPUT_DUPLICATE_WINDOW),
         (DLQ_STREAM, "touch.dlq.>", DLQ_DUPLICATE_WINDOW),
+        (CDI_STREAM, CDI_SUBJECT, DLQ_DUPLICATE_WINDOW),
     ];
     for (name, subject, window) in streams {
         js.create_or_update_stream(Config {

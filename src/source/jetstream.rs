@@ -129,6 +129,16 @@ impl JetStreamSource {
 
     /// Fetches the next micro-batch: up to `batch_max_events` messages, waiting up to
     /// `batch_max_wait_ms` for them. An empty batch means nothing arrived in that time.
+    /// Messages the durable consumer has yet to deliver plus those delivered and not acked.
+    pub async fn pending(&mut self) -> anyhow::Result<u64> {
+        let info = self
+            .consumer
+            .info()
+            .await
+            .context("reading consumer info")?;
+        Ok(info.num_pending + info.num_ack_pending as u64)
+    }
+
     pub async fn next_batch(&self) -> anyhow::Result<Vec<jetstream::Message>> {
         let request = async {
             let mut batch = if self.batch_max_wait.is_zero() {

@@ -18,7 +18,8 @@ use tokio::net::TcpListener;
 
 use super::{
     ALERT_LATENCY_BUCKETS, ALERT_LATENCY_SECONDS, BATCH_DURATION_BUCKETS, BATCH_DURATION_SECONDS,
-    BATCH_EVENTS, BATCH_EVENTS_BUCKETS,
+    BATCH_EVENTS, BATCH_EVENTS_BUCKETS, FIRST_RESPONSE_BUCKETS, FIRST_RESPONSE_SECONDS,
+    NOTIFY_LATENCY_SECONDS,
 };
 
 /// How often histogram and idle-metric upkeep runs (the recorder does not do it by itself).
@@ -47,7 +48,9 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn with_buckets() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
-    let histograms: [(&str, &[f64]); 3] = [
+    let histograms: [(&str, &[f64]); 5] = [
+        (NOTIFY_LATENCY_SECONDS, ALERT_LATENCY_BUCKETS),
+        (FIRST_RESPONSE_SECONDS, FIRST_RESPONSE_BUCKETS),
         (BATCH_DURATION_SECONDS, BATCH_DURATION_BUCKETS),
         (BATCH_EVENTS, BATCH_EVENTS_BUCKETS),
         (ALERT_LATENCY_SECONDS, ALERT_LATENCY_BUCKETS),

@@ -3,6 +3,7 @@
 //! outcome, stream) and never a customer id. `exporter` serves them on `/metrics`.
 
 pub mod exporter;
+pub mod health;
 
 /// Input events accepted by the decoder, label `kind`.
 pub const EVENTS_IN: &str = "touchstream_events_in_total";
@@ -38,6 +39,8 @@ pub const ALERT_LATENCY_SECONDS: &str = "touchstream_alert_latency_seconds";
 pub const STATE_ENTRIES: &str = "touchstream_state_entries";
 /// Input messages acknowledged to JetStream.
 pub const ACKED: &str = "touchstream_input_acked_total";
+/// Input messages the durable consumer has not delivered yet or not had acked (consumer lag).
+pub const CONSUMER_PENDING: &str = "touchstream_consumer_pending_messages";
 /// Publishes to JetStream that failed and were retried, label `stream`.
 pub const PUBLISH_RETRIES: &str = "touchstream_publish_retries_total";
 /// Alert deliveries, labels `receiver` and `outcome` (`delivered`, `failed`, `deferred`,
