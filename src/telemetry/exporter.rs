@@ -47,6 +47,13 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// A recorder with touchstream's histogram buckets, not installed (benches measure with it).
+pub fn recorder() -> metrics_exporter_prometheus::PrometheusRecorder {
+    with_buckets()
+        .unwrap_or_else(|_| PrometheusBuilder::new())
+        .build_recorder()
+}
+
 fn with_buckets() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
     let histograms: [(&str, &[f64]); 5] = [
         (NOTIFY_LATENCY_SECONDS, ALERT_LATENCY_BUCKETS),
