@@ -302,6 +302,13 @@ fn describe_alert(a: &Value, names: &Names) -> String {
                 human_time(&ev["quote_sent_at"]),
                 human_time(&a["due_at"]),
             ),
+            ("impossible_visits", false) => format!(
+                "impossible visits: {} in {}, yet {} in {}: less than an hour apart",
+                human_time(&ev["other_visit_at"]),
+                s(&ev["other_city"]),
+                human_time(&ev["action_at"]),
+                s(&ev["city"]),
+            ),
             (_, true) => format!(
                 "{rule}: resolved {} by late data",
                 human_time(&ev["resolved_at"])

@@ -32,6 +32,9 @@ pub const DEFAULT_FULL: &str = r#"
 > 最近一次打开：{{ evidence.last_open_at | localtime }}
 > 发送时客户在线：{{ "是" if evidence.customer_online_at_send else "否" }}
 > 发送后 30 分钟内产品页访问：{{ evidence.product_page_visits_30m }} 次
+{%- elif rule == "impossible_visits" %}
+> 拜访：{{ evidence.action_at | localtime }}，{{ evidence.city }}
+> 另一次拜访：{{ evidence.other_visit_at | localtime }}，{{ evidence.other_city }}（相隔不到 1 小时，不可能同时在两地）
 {%- else %}
 {%- for key, value in evidence | items if key not in ["resolved_at", "resolved_by"] %}
 > {{ key }}：{{ value }}
@@ -473,6 +476,28 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("看板"), "no dashboard configured: {text}");
+    }
+
+    #[test]
+    fn impossible_visits_names_both_visits() {
+        let t = templates(NotifyConfig::default());
+        let mut a = firing();
+        a.rule = "impossible_visits".into();
+        a.summary = "两次拜访相隔不到一小时却在不同城市".into();
+        a.evidence = serde_json::json!({
+            "action_at": "2026-11-02T01:40:00.000Z", "city": "上海",
+            "other_visit_at": "2026-11-02T01:00:00.000Z", "other_city": "杭州",
+        })
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+        let text = t.render(&a, ReceiverKind::Wecom, TemplateForm::Full);
+        for needle in [
+            "拜访：2026-11-02 09:40（北京时间），上海",
+            "另一次拜访：2026-11-02 09:00（北京时间），杭州（相隔不到 1 小时",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
     }
 
     #[test]
