@@ -9,9 +9,13 @@
 //!   operator tables, via DataFusion), producing alerts, sessions, CDI and dead letters.
 //! - [`replay`]: the engine over a file, event time only. [`live`]: the engine on NATS
 //!   JetStream ([`source`], [`sinks`]), with `/metrics` ([`telemetry`]).
+//! - [`collect`]: the HTTP front door (pixels, tracked links, beacons, SDK batches) that
+//!   publishes events to NATS; [`consent`]: the reps' consent switches, enforced at every door.
 //! - [`gen`]: a seeded workload generator for tests, benches and the demo.
 
+pub mod collect;
 pub mod config;
+pub mod consent;
 pub mod directory;
 pub mod engine;
 pub mod event;

@@ -267,6 +267,10 @@ pub struct Pipeline {
     pub rules: Vec<RuleSpec>,
     /// `[notify]`: alert delivery (receivers, routes, templates); empty when absent.
     pub notify: crate::notify::NotifyConfig,
+    /// `[collect]`: the HTTP collector; None when absent (no collector).
+    pub collect: Option<crate::collect::CollectConfig>,
+    /// `[consent]`: the reps' consent switches; everything on when absent.
+    pub consent: crate::consent::ConsentConfig,
 }
 
 const SECONDS: Millis = 1000;
@@ -337,6 +341,16 @@ impl Pipeline {
         let health = ctx.section::<HealthSection>("health");
         let rules = ctx.rules();
         let notify = ctx.notify();
+        let collect = match table.get("collect") {
+            None => Some(None),
+            Some(v) => ctx
+                .deserialize::<crate::collect::CollectConfig>(v.clone(), "collect", 0, "collect")
+                .map(Some),
+        };
+        let consent = match table.get("consent") {
+            None => Some(crate::consent::ConsentConfig::default()),
+            Some(v) => ctx.deserialize(v.clone(), "consent", 0, "consent"),
+        };
         let (
             Some(pipeline),
             Some(directory),
@@ -354,9 +368,11 @@ impl Pipeline {
             Some(health),
             Some(rules),
             Some(notify),
+            Some(collect),
+            Some(consent),
         ) = (
             pipeline, directory, source, time, dedup, asset_join, opens, presence, web, sessions,
-            cdi, contracts, actions, health, rules, notify,
+            cdi, contracts, actions, health, rules, notify, collect, consent,
         )
         else {
             return Err(errors(problems));
@@ -379,9 +395,12 @@ impl Pipeline {
             health,
             rules,
             notify,
+            collect,
+            consent,
         };
         p.check(&loc, &mut problems);
         p.check_notify(&loc, &mut problems);
+        p.check_collect(&loc, &mut problems);
         if problems.is_empty() {
             Ok(p)
         } else {
@@ -400,6 +419,29 @@ impl Pipeline {
                 path: p.path,
                 message: p.message,
             });
+        }
+    }
+
+    /// `[collect]` and `[consent]` checks, located.
+    fn check_collect(&self, loc: &locate::Locator, problems: &mut Vec<Problem>) {
+        if let Some(c) = &self.collect {
+            for (path, message) in c.check() {
+                problems.push(Problem {
+                    line: locate_dotted(loc, &path),
+                    path,
+                    message,
+                });
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, r) in self.consent.reps.iter().enumerate() {
+            if !seen.insert(&r.rep_id) {
+                problems.push(Problem {
+                    path: format!("consent.reps[{i}].rep_id"),
+                    line: loc.key("consent.reps", i, "rep_id"),
+                    message: format!("rep `{}` has two consent entries", r.rep_id),
+                });
+            }
         }
     }
 
@@ -677,6 +719,8 @@ const SECTIONS: &[&str] = &[
     "health",
     "rules",
     "notify",
+    "collect",
+    "consent",
 ];
 
 /// Line of a dotted setting path such as `notify.receivers[1].webhook_url` or

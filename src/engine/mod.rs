@@ -58,6 +58,7 @@ struct BatchCounts {
     duplicates: u64,
     unattributed_web: u64,
     ignored_approvals: u64,
+    consent_dropped: [u64; crate::consent::Category::ALL.len()],
     alerts_firing: u64,
     alerts_resolved: u64,
     sessions: u64,
@@ -95,6 +96,8 @@ pub struct Engine {
     rules: RuleSet,
     touches: Vec<Touch>,
     contract_codes: HashSet<String>,
+    /// Consent: categories switched off per rep (index = RepIx), none when everything is on.
+    consent_off: Option<Vec<crate::consent::Mask>>,
     counts: BatchCounts,
     totals: Totals,
     /// Set while `finish` decides: no input can follow.
@@ -130,7 +133,7 @@ impl Engine {
             })
         })?;
         let pairs = PairAggregates::new(&p.cdi).context("planning the CDI kernel")?;
-        Ok(Engine {
+        let mut engine = Engine {
             assets: AssetJoin::new(&p),
             actions: rules
                 .reads_actions()
@@ -149,10 +152,67 @@ impl Engine {
             dedup: HashSet::default(),
             dedup_expiry: VecDeque::new(),
             touches: Vec::new(),
+            consent_off: None,
             counts: BatchCounts::default(),
             totals: Totals::default(),
             complete: false,
-        })
+        };
+        engine.set_consent(&crate::consent::Consent::new(&engine.p.consent));
+        Ok(engine)
+    }
+
+    /// The consent in force (the pipeline file's, then live updates from the bucket).
+    pub fn set_consent(&mut self, consent: &crate::consent::Consent) {
+        use crate::consent::Category;
+        self.assets.tracking_off.clear();
+        if consent.allows_everything() {
+            self.consent_off = None;
+            return;
+        }
+        let masks: Vec<_> = self
+            .dir
+            .reps
+            .iter()
+            .map(|r| consent.off(&r.rep_id))
+            .collect();
+        for (ix, r) in self.dir.reps.iter().enumerate() {
+            if !consent.allows(&r.rep_id, Category::Tracking) {
+                self.assets
+                    .tracking_off
+                    .insert(ix as crate::directory::RepIx);
+            }
+        }
+        self.consent_off = Some(masks);
+    }
+
+    /// Whether the rep of `what` switched its category off (then the event is dropped).
+    fn consent_refuses(&mut self, what: &What) -> bool {
+        use crate::consent::Category;
+        let Some(masks) = &self.consent_off else {
+            return false;
+        };
+        let (pair, category) = match what {
+            What::Action { pair, action, .. } => (
+                pair,
+                match action {
+                    event::Action::Call => Category::Calls,
+                    event::Action::Visit => Category::Visits,
+                    event::Action::ContractSent
+                    | event::Action::DealWon
+                    | event::Action::DealLost => Category::Contracts,
+                    _ => Category::Sales,
+                },
+            ),
+            What::Message { pair, .. } => (pair, Category::Chat),
+            What::Approval { pair, .. } => (pair, Category::Contracts),
+            // Presence is the customer's; hits are checked against their asset's rep.
+            What::Presence { .. } | What::PixelHit { .. } | What::WebHit { .. } => return false,
+        };
+        let off = masks.get(pair.rep() as usize).copied().unwrap_or(0) & (1 << category as u8) != 0;
+        if off {
+            self.counts.consent_dropped[category as usize] += 1;
+        }
+        off
     }
 
     /// The watermark, once an event has been seen (or it was advanced).
@@ -323,6 +383,9 @@ impl Engine {
                 return;
             }
         };
+        if self.consent_refuses(&what) {
+            return;
+        }
         let h = id_hash(&ev.event_id);
         if !self.dedup.insert(h) {
             self.counts.duplicates += 1;
@@ -642,6 +705,16 @@ impl Engine {
         }
         if c.unattributed_web > 0 {
             metrics::counter!(m::UNATTRIBUTED_WEB_HITS).increment(c.unattributed_web);
+        }
+        for cat in crate::consent::Category::ALL {
+            let n = c.consent_dropped[cat as usize];
+            if n > 0 {
+                metrics::counter!(m::CONSENT_DROPPED, "category" => cat.as_str()).increment(n);
+            }
+        }
+        if a.consent_dropped > 0 {
+            metrics::counter!(m::CONSENT_DROPPED, "category" => "tracking")
+                .increment(a.consent_dropped);
         }
         if c.ignored_approvals > 0 {
             metrics::counter!(m::IGNORED_EVENTS, "cause" => "approval_without_customer")

@@ -151,10 +151,13 @@ pub enum DeadReason {
     UnknownAsset,
     /// An alert a receiver refused for good (written by the notifier, never by the engine).
     DeliveryFailed,
+    /// A pixel or link request whose asset token failed verification (written by the
+    /// collector; `raw` is the request path).
+    BadToken,
 }
 
 impl DeadReason {
-    pub const ALL: [DeadReason; 7] = [
+    pub const ALL: [DeadReason; 8] = [
         DeadReason::InvalidJson,
         DeadReason::SchemaViolation,
         DeadReason::Oversized,
@@ -162,6 +165,7 @@ impl DeadReason {
         DeadReason::UnresolvedIdentity,
         DeadReason::UnknownAsset,
         DeadReason::DeliveryFailed,
+        DeadReason::BadToken,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -173,6 +177,7 @@ impl DeadReason {
             DeadReason::UnresolvedIdentity => "unresolved_identity",
             DeadReason::UnknownAsset => "unknown_asset",
             DeadReason::DeliveryFailed => "delivery_failed",
+            DeadReason::BadToken => "bad_token",
         }
     }
 }

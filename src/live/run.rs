@@ -134,6 +134,9 @@ struct Live {
     acked_seq: u64,
     cdi: super::cdi::CdiPublisher,
     last_health: Instant,
+    /// Consent in force, and live updates from the `[consent] bucket` watcher.
+    consent: crate::consent::Consent,
+    consent_updates: tokio::sync::mpsc::UnboundedReceiver<(String, Option<crate::consent::Mask>)>,
 }
 
 impl Live {
@@ -172,11 +175,24 @@ impl Live {
         stop: &Stop,
     ) -> anyhow::Result<Option<Live>> {
         let (input, checkpoint, saved, acked_through) = setup(js, pipeline).await?;
+        // The consent in force now applies to the rebuild too: switched-off data stays out.
+        let consent_kv = super::open_kv(js, &pipeline.consent.bucket, Duration::ZERO).await?;
+        let mut consent = crate::consent::Consent::new(&pipeline.consent);
+        for (rep_id, off) in crate::consent::load_all(&consent_kv).await? {
+            consent.set_live(&rep_id, Some(off));
+        }
+        engine.set_consent(&consent);
         if !rebuild(&mut engine, &input, pipeline, acked_through, saved, stop).await? {
             return Ok(None);
         }
         let source = JetStreamSource::open(&input, pipeline, acked_through).await?;
         let cdi = super::cdi::CdiPublisher::open(js).await?;
+        let (tx, consent_updates) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            if let Err(e) = crate::consent::watch(consent_kv, tx).await {
+                tracing::warn!("consent bucket watch ended: {e:#}");
+            }
+        });
         tracing::info!(
             stream = %pipeline.source.stream,
             durable = %pipeline.source.durable,
@@ -193,6 +209,8 @@ impl Live {
             acked_seq: acked_through,
             cdi,
             last_health: Instant::now(),
+            consent,
+            consent_updates,
         }))
     }
 
@@ -205,6 +223,7 @@ impl Live {
         let mut last_checkpoint = Instant::now();
         let mut fetch_delay = RETRY_START;
         while !self.stop.requested() {
+            self.apply_consent_updates();
             let batch = match self.source.next_batch().await {
                 Ok(b) => {
                     fetch_delay = RETRY_START;
@@ -347,6 +366,19 @@ impl Live {
             }
         }
         false
+    }
+
+    /// Live consent changes from the bucket, applied between batches.
+    fn apply_consent_updates(&mut self) {
+        let mut changed = false;
+        while let Ok((rep_id, off)) = self.consent_updates.try_recv() {
+            tracing::info!(rep = %rep_id, ?off, "consent updated");
+            self.consent.set_live(&rep_id, off);
+            changed = true;
+        }
+        if changed {
+            self.engine.set_consent(&self.consent);
+        }
     }
 
     /// Exports the per-rep gauges and publishes the CDI of pairs that changed. A failure is

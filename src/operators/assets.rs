@@ -90,6 +90,8 @@ struct PairLinks {
 pub struct AssetCounters {
     pub counted_opens: u64,
     pub excluded: [u64; 4],
+    /// Hits dropped because their asset's rep switched `tracking` off.
+    pub consent_dropped: u64,
 }
 
 #[derive(Debug)]
@@ -112,6 +114,8 @@ pub struct AssetJoin {
     links: HashMap<Pair, PairLinks>,
     link_timers: LazyTimers<Pair>,
     dirty: Vec<AssetIx>,
+    /// Reps who switched `tracking` off: hits on their assets are dropped (consent).
+    pub tracking_off: rustc_hash::FxHashSet<crate::directory::RepIx>,
     /// Assets changed by late data since the last `take_dirty`.
     late: Vec<AssetIx>,
     pub counters: AssetCounters,
@@ -138,6 +142,7 @@ impl AssetJoin {
             links: HashMap::default(),
             link_timers: LazyTimers::default(),
             dirty: Vec::new(),
+            tracking_off: Default::default(),
             late: Vec::new(),
             counters: AssetCounters::default(),
         }
@@ -351,6 +356,10 @@ impl AssetJoin {
         let Some(Some(a)) = self.slab.get_mut(ix as usize) else {
             return;
         };
+        if !self.tracking_off.is_empty() && self.tracking_off.contains(&a.pair.rep()) {
+            self.counters.consent_dropped += 1;
+            return;
+        }
         let before_send = ev.t < a.sent_at;
         let mut touch = Touch {
             pair: a.pair,

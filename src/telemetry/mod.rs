@@ -91,6 +91,9 @@ pub const REP_ALERTS: &str = "touchstream_rep_alerts_total";
 /// Seconds from `lead_assigned` to the rep's first touch of that customer, label `region`
 /// (histogram, observed when the touch is applied).
 pub const FIRST_RESPONSE_SECONDS: &str = "touchstream_first_response_seconds";
+/// Events dropped at the pipeline's NATS door because their rep switched the category off,
+/// label `category` (never stored: dropped before any state).
+pub const CONSENT_DROPPED: &str = "touchstream_consent_dropped_total";
 /// Per-customer CDI records published to `touch.cdi`.
 pub const CDI_PUBLISHED: &str = "touchstream_cdi_published_total";
 
