@@ -30,6 +30,14 @@ use crate::telemetry as m;
 
 pub use output::{Alert, AlertStatus, Cdi, DeadLetter, DeadReason, Outputs, Session};
 
+/// What became of one input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ingested {
+    Taken,
+    /// Dropped for consent: the caller may delete it from where it is stored.
+    Refused,
+}
+
 /// Which clock stamps outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClockMode {
@@ -235,8 +243,10 @@ impl Engine {
     /// Processes one micro-batch of input messages, in arrival order.
     pub fn process(&mut self, batch: &[Input<'_>], now: Millis) -> Outputs {
         let mut out = Outputs::default();
-        for input in batch {
-            self.ingest(input, now, &mut out);
+        for (i, input) in batch.iter().enumerate() {
+            if self.ingest(input, now, &mut out) == Ingested::Refused {
+                out.refused.push(i);
+            }
         }
         self.end_batch(now, &mut out);
         out
@@ -329,7 +339,7 @@ impl Engine {
         );
     }
 
-    fn ingest(&mut self, input: &Input<'_>, now: Millis, out: &mut Outputs) {
+    fn ingest(&mut self, input: &Input<'_>, now: Millis, out: &mut Outputs) -> Ingested {
         let clock = self.clock(now);
         let mut ev = match event::decode(input.raw) {
             Ok(ev) => ev,
@@ -340,7 +350,7 @@ impl Engine {
                     RejectReason::Oversized => DeadReason::Oversized,
                 };
                 self.dead(reason, rej.error, input.raw, clock, input.received_at, out);
-                return;
+                return Ingested::Taken;
             }
         };
         if ev.received_at.is_none() {
@@ -364,12 +374,12 @@ impl Engine {
                 at,
                 out,
             );
-            return;
+            return Ingested::Taken;
         }
         let kind = ev.kind();
         let what = match self.resolve(ev.body) {
             Ok(Some(what)) => what,
-            Ok(None) => return,
+            Ok(None) => return Ingested::Taken,
             Err(error) => {
                 let at = input.received_at;
                 self.dead(
@@ -380,16 +390,16 @@ impl Engine {
                     at,
                     out,
                 );
-                return;
+                return Ingested::Taken;
             }
         };
         if self.consent_refuses(&what) {
-            return;
+            return Ingested::Refused;
         }
         let h = id_hash(&ev.event_id);
         if !self.dedup.insert(h) {
             self.counts.duplicates += 1;
-            return;
+            return Ingested::Taken;
         }
         self.dedup_expiry
             .push_back((t + self.p.dedup.retention_seconds * 1000, h));
@@ -429,6 +439,7 @@ impl Engine {
                 self.advance(w, now, out);
             }
         }
+        Ingested::Taken
     }
 
     /// Resolves ids through the directory. Ok(None): accepted but names no pair.

@@ -234,6 +234,9 @@ pub struct Outputs {
     pub alerts: Vec<Alert>,
     pub sessions: Vec<Session>,
     pub dead_letters: Vec<DeadLetter>,
+    /// Indexes (in the batch) of inputs dropped because their rep switched the category off:
+    /// a live run deletes them from the input stream, so they are not kept there either.
+    pub refused: Vec<usize>,
 }
 
 impl Outputs {

@@ -133,6 +133,8 @@ struct Live {
     /// Highest input sequence acked.
     acked_seq: u64,
     cdi: super::cdi::CdiPublisher,
+    /// The input stream (refused inputs are deleted from it).
+    input: jetstream::stream::Stream,
     last_health: Instant,
     /// Consent in force, and live updates from the `[consent] bucket` watcher.
     consent: crate::consent::Consent,
@@ -208,6 +210,7 @@ impl Live {
             stop: stop.clone(),
             acked_seq: acked_through,
             cdi,
+            input,
             last_health: Instant::now(),
             consent,
             consent_updates,
@@ -271,7 +274,7 @@ impl Live {
     async fn process_batch(&mut self, batch: &[jetstream::Message]) -> anyhow::Result<()> {
         let started = Instant::now();
         let now = wall_clock_ms();
-        let outputs = {
+        let mut outputs = {
             let inputs: Vec<Input<'_>> = batch
                 .iter()
                 .map(|m| Input {
@@ -282,9 +285,14 @@ impl Live {
             let engine = &mut self.engine;
             unbudgeted(|| engine.process(&inputs, now)).await
         };
+        let refused: Vec<u64> = std::mem::take(&mut outputs.refused)
+            .into_iter()
+            .filter_map(|i| batch.get(i).and_then(stream_sequence))
+            .collect();
         self.publish(outputs).await?;
         // Only now is everything this batch caused durable: ack it.
         if self.ack(batch).await {
+            self.forget(&refused).await;
             metrics::counter!(ACKED).increment(batch.len() as u64);
             if let Some(seq) = batch.iter().filter_map(stream_sequence).max() {
                 self.acked_seq = self.acked_seq.max(seq);
@@ -366,6 +374,16 @@ impl Live {
             }
         }
         false
+    }
+
+    /// Deletes inputs refused for consent from the input stream, so that switched-off data is
+    /// not kept there either. A failure is logged: the message then ages out with the stream.
+    async fn forget(&self, sequences: &[u64]) {
+        for seq in sequences {
+            if let Err(e) = self.input.delete_message(*seq).await {
+                tracing::warn!(seq, "deleting a refused input from the stream: {e}");
+            }
+        }
     }
 
     /// Live consent changes from the bucket, applied between batches.
