@@ -2,6 +2,8 @@
 //! one row each, indexed by rep. It exists only when a rule reads the `actions` table, and it
 //! keeps per row the alert state rules need (like the asset join does per asset).
 
+use std::collections::VecDeque;
+
 use compact_str::CompactString;
 use rustc_hash::FxHashMap as HashMap;
 
@@ -37,7 +39,8 @@ pub struct ActionLog {
     retention_ms: Millis,
     slab: Vec<Option<ActionRow>>,
     free: Vec<ActionIx>,
-    by_rep: HashMap<RepIx, Vec<ActionIx>>,
+    /// Each rep's rows in arrival order (nearly time order: expiry pops from the front).
+    by_rep: HashMap<RepIx, VecDeque<ActionIx>>,
     expiry: LazyTimers<ActionIx>,
     dirty: Vec<ActionIx>,
     /// Rows that arrived behind the watermark since the last `take_dirty`.
@@ -74,16 +77,16 @@ impl ActionLog {
     }
 
     /// The retained rows of a rep.
-    pub fn rows_of(&self, rep: RepIx) -> &[ActionIx] {
-        self.by_rep.get(&rep).map_or(&[], Vec::as_slice)
+    pub fn rows_of(&self, rep: RepIx) -> impl Iterator<Item = ActionIx> + '_ {
+        self.by_rep.get(&rep).into_iter().flatten().copied()
     }
 
     /// Whether a rule decision that the watermark `w` already allows is still pending on a row
     /// of `rep`: the engine then decides first, before a late action of the rep joins them.
     pub fn awaits_decision(&self, rep: RepIx, w: Millis) -> bool {
-        self.rows_of(rep).iter().any(|ix| {
-            self.row(*ix)
-                .is_some_and(|r| r.decision_due < w || self.dirty.contains(ix))
+        self.rows_of(rep).any(|ix| {
+            self.row(ix)
+                .is_some_and(|r| r.decision_due < w || self.dirty.contains(&ix))
         })
     }
 
@@ -109,7 +112,7 @@ impl ActionLog {
                 (self.slab.len() - 1) as ActionIx
             }
         };
-        self.by_rep.entry(rep).or_default().push(ix);
+        self.by_rep.entry(rep).or_default().push_back(ix);
         self.expiry
             .schedule(at.saturating_add(self.retention_ms), ix);
         self.dirty.push(ix);
@@ -126,7 +129,11 @@ impl ActionLog {
             };
             let rep = row.pair.rep();
             if let Some(rows) = self.by_rep.get_mut(&rep) {
-                rows.retain(|r| *r != ix);
+                if rows.front() == Some(&ix) {
+                    rows.pop_front();
+                } else {
+                    rows.retain(|r| *r != ix);
+                }
                 if rows.is_empty() {
                     self.by_rep.remove(&rep);
                 }

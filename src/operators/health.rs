@@ -24,8 +24,6 @@ struct Lead {
 
 #[derive(Debug, Default)]
 struct PairHealth {
-    /// `lead_assigned` times with the rep's first touch at or after each.
-    leads: Vec<Lead>,
     /// Starts of the pair's sessions, ascending (arrival order; late starts are rare).
     session_starts: VecDeque<Millis>,
 }
@@ -44,7 +42,11 @@ pub struct ProcessHealth {
     followup_ms: Millis,
     reply_ms: Millis,
     pairs: HashMap<Pair, PairHealth>,
+    /// `lead_assigned` times of the pairs that have leads in the window, with the rep's first
+    /// touch at or after each. Few pairs: a small map that every rep touch probes cheaply.
+    leads: HashMap<Pair, Vec<Lead>>,
     timers: LazyTimers<Pair>,
+    lead_timers: LazyTimers<Pair>,
     /// Firing alerts per rep and rule, since start.
     alerts: HashMap<RepIx, BTreeMap<String, u64>>,
     /// First responses since the last `take_first_responses` (for the histogram).
@@ -59,36 +61,41 @@ impl ProcessHealth {
             followup_ms: cfg.followup_within_hours * 3_600_000,
             reply_ms: cfg.reply_within_hours * 3_600_000,
             pairs: HashMap::default(),
+            leads: HashMap::default(),
             timers: LazyTimers::default(),
+            lead_timers: LazyTimers::default(),
             alerts: HashMap::default(),
             first_responses: Vec::new(),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.pairs.len()
+        self.pairs.len() + self.leads.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
+        self.pairs.is_empty() && self.leads.is_empty()
     }
 
     /// A `lead_assigned` for the pair at `t`.
     pub fn on_lead(&mut self, pair: Pair, t: Millis) {
-        self.pairs.entry(pair).or_default().leads.push(Lead {
+        self.leads.entry(pair).or_default().push(Lead {
             at: t,
             first_touch: None,
         });
-        self.timers.schedule(t + self.window_ms, pair);
+        self.lead_timers.schedule(t + self.window_ms, pair);
     }
 
     /// A touch by the rep (an action with a channel, a WeCom message out): the first response
     /// to every lead of the pair assigned at or before `t` that had none.
     pub fn on_rep_touch(&mut self, pair: Pair, t: Millis) {
-        let Some(p) = self.pairs.get_mut(&pair) else {
+        if self.leads.is_empty() {
+            return;
+        }
+        let Some(leads) = self.leads.get_mut(&pair) else {
             return;
         };
-        for lead in p.leads.iter_mut() {
+        for lead in leads.iter_mut() {
             if lead.first_touch.is_none() && lead.at <= t {
                 lead.first_touch = Some(t);
                 self.first_responses.push(FirstResponse {
@@ -130,12 +137,19 @@ impl ProcessHealth {
             let Some(p) = self.pairs.get_mut(&pair) else {
                 continue;
             };
-            p.leads.retain(|l| l.at >= cut);
             while p.session_starts.front().is_some_and(|t| *t < cut) {
                 p.session_starts.pop_front();
             }
-            if p.leads.is_empty() && p.session_starts.is_empty() {
+            if p.session_starts.is_empty() {
                 self.pairs.remove(&pair);
+            }
+        }
+        while let Some((_, pair)) = self.lead_timers.pop_due(w) {
+            if let Some(leads) = self.leads.get_mut(&pair) {
+                leads.retain(|l| l.at >= cut);
+                if leads.is_empty() {
+                    self.leads.remove(&pair);
+                }
             }
         }
     }
@@ -183,7 +197,10 @@ impl ProcessHealth {
                 .count();
             r.customers_touched += u64::from(sessions >= 1);
             r.customers_retouched += u64::from(sessions >= 2);
-            for lead in p.leads.iter().filter(|l| l.at >= cut && l.at <= w) {
+        }
+        for (pair, leads) in &self.leads {
+            let r = &mut reps[pair.rep() as usize];
+            for lead in leads.iter().filter(|l| l.at >= cut && l.at <= w) {
                 let deadline = lead.at + self.followup_ms;
                 let followed = lead.first_touch.is_some_and(|t| t <= deadline);
                 if followed || deadline <= w {

@@ -184,10 +184,7 @@ impl RuleTable for ActionLog {
             .collect();
         reps.sort_unstable();
         reps.dedup();
-        let mut all: Vec<u32> = reps
-            .iter()
-            .flat_map(|r| self.rows_of(*r).iter().copied())
-            .collect();
+        let mut all: Vec<u32> = reps.iter().flat_map(|r| self.rows_of(*r)).collect();
         all.sort_unstable();
         all
     }
