@@ -239,7 +239,10 @@ impl Keys {
             .iter()
             .find(|(id, _)| id.as_bytes() == key_id)
             .map(|(_, key)| key)
-            .ok_or_else(|| TokenError::UnknownKey(String::from_utf8_lossy(key_id).into_owned()))?;
+            // The id is the presenter's text: escaped, so it cannot forge a log line.
+            .ok_or_else(|| {
+                TokenError::UnknownKey(String::from_utf8_lossy(key_id).escape_debug().to_string())
+            })?;
         // Constant-time comparison inside ring.
         hmac::verify(key, &signed(&payload), &tag).map_err(|_| TokenError::BadSignature)?;
 
@@ -524,6 +527,21 @@ mod tests {
                 k.verify(bad)
             );
         }
+    }
+
+    #[test]
+    fn an_unknown_key_id_is_reported_escaped() {
+        let k = keys(&[("k1", SECRET_1)]);
+        let payload = [VERSION, 3, b'k', b'\n', 0xff];
+        let t = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(payload),
+            URL_SAFE_NO_PAD.encode([0u8; TAG_LEN])
+        );
+        assert_eq!(
+            k.verify(&t),
+            Err(TokenError::UnknownKey("k\\n\u{fffd}".into()))
+        );
     }
 
     #[test]
