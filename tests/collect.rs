@@ -1021,6 +1021,21 @@ async fn assets_are_minted_for_the_holder_of_the_key() -> anyhow::Result<()> {
             enc("https://example.com/products/x")
         )
     );
+    // `touchstream token` mints the same without a server.
+    let direct = server::mint(
+        &Keys::new(&[key("k1", SECRET)]).map_err(anyhow::Error::msg)?,
+        PUBLIC_URL,
+        &["example.com".to_string()],
+        &Claims {
+            campaign: Some("autumn".into()),
+            ..claims("q-42", "r1")
+        },
+        Some("https://example.com/products/x"),
+    )
+    .map_err(anyhow::Error::msg)?;
+    assert_eq!(direct.token, token);
+    assert_eq!(Some(direct.pixel_url.as_str()), v["pixel_url"].as_str());
+    assert_eq!(direct.link_url.as_deref(), v["link_url"].as_str());
 
     // The minted URLs work.
     let pixel = v["pixel_url"]

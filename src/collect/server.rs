@@ -352,23 +352,6 @@ impl Inner {
         });
     }
 
-    /// The landing URL of a tracked link: `target` checked against the allowed domains, with
-    /// the token's UTM parameters, and acceptable as a `web.hit` `url`.
-    fn landing(&self, target: &str, claims: &Claims) -> Result<Url, String> {
-        let url = check_target(target, &self.allowed_domains)?;
-        let url = with_utm(
-            &url,
-            &claims.medium,
-            claims.campaign.as_deref(),
-            &claims.asset_id,
-        );
-        let probe = json!({"event_id": "probe", "kind": "web.hit", "ts": 0, "url": url.as_str()});
-        match decode(probe.to_string().as_bytes()) {
-            Ok(_) => Ok(url),
-            Err(r) => Err(format!("redirect target refused: {}", r.error)),
-        }
-    }
-
     fn authorised(&self, headers: &HeaderMap) -> bool {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return false;
@@ -546,7 +529,7 @@ async fn link(State(inner): State<Arc<Inner>>, uri: Uri, headers: HeaderMap) -> 
             "This tracked link has no target: `u=` (the URL to go to) is missing.\n",
         );
     };
-    let landing = match inner.landing(&target, &claims) {
+    let landing = match landing(&target, &claims, &inner.allowed_domains) {
         Ok(u) => u,
         Err(msg) => return text(StatusCode::BAD_REQUEST, format!("{msg}\n")),
     };
@@ -807,14 +790,14 @@ async fn assets(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: HttpB
         Ok(b) => b,
         Err(e) => return e.response(),
     };
-    match mint(&inner, &bytes) {
+    match mint_request(&inner, &bytes) {
         Ok(v) => json_response(StatusCode::OK, v),
         Err(msg) => bad_request(msg),
     }
 }
 
 /// `{"asset_id", "rep_id", "medium", "campaign"?, "target_url"?}` → token and URLs.
-fn mint(inner: &Inner, body: &[u8]) -> Result<Value, String> {
+fn mint_request(inner: &Inner, body: &[u8]) -> Result<Value, String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let Value::Object(obj) = v else {
         return Err("body must be a JSON object".into());
@@ -836,23 +819,76 @@ fn mint(inner: &Inner, body: &[u8]) -> Result<Value, String> {
         campaign: text("campaign", false)?,
     };
     let target = text("target_url", false)?;
-    let token = inner.keys.mint(&claims).map_err(|e| e.to_string())?;
+    let minted = mint(
+        &inner.keys,
+        &inner.public_url,
+        &inner.allowed_domains,
+        &claims,
+        target.as_deref(),
+    )?;
     let mut out = Map::new();
-    out.insert("asset_id".into(), Value::String(claims.asset_id.clone()));
-    out.insert("token".into(), Value::String(token.clone()));
-    out.insert(
-        "pixel_url".into(),
-        Value::String(format!("{}/px/{token}.gif", inner.public_url)),
-    );
-    if let Some(target) = target {
-        inner.landing(&target, &claims)?;
-        let u: String = form_urlencoded::byte_serialize(target.as_bytes()).collect();
-        out.insert(
-            "link_url".into(),
-            Value::String(format!("{}/l/{token}?u={u}", inner.public_url)),
-        );
+    out.insert("asset_id".into(), Value::String(claims.asset_id));
+    out.insert("token".into(), Value::String(minted.token));
+    out.insert("pixel_url".into(), Value::String(minted.pixel_url));
+    if let Some(link) = minted.link_url {
+        out.insert("link_url".into(), Value::String(link));
     }
     Ok(Value::Object(out))
+}
+
+/// A minted asset: its token and the URLs to put in the document or message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Minted {
+    pub token: String,
+    /// `<public_url>/px/<token>.gif`
+    pub pixel_url: String,
+    /// `<public_url>/l/<token>?u=<target, form-encoded>`, when a target was given.
+    pub link_url: Option<String>,
+}
+
+/// Mints the token of `claims` with the first key and builds its pixel URL and, for
+/// `target_url`, its tracked-link URL (the same as `POST /v1/assets`; for `touchstream
+/// token`). The target must pass the same check as a click on the link will
+/// (`allowed_domains` = `[collect] allowed_redirect_domains`).
+pub fn mint(
+    keys: &Keys,
+    public_url: &str,
+    allowed_domains: &[String],
+    claims: &Claims,
+    target_url: Option<&str>,
+) -> Result<Minted, String> {
+    let token = keys.mint(claims).map_err(|e| e.to_string())?;
+    let base = public_url.trim_end_matches('/');
+    let link_url = match target_url {
+        Some(target) => {
+            landing(target, claims, allowed_domains)?;
+            let u: String = form_urlencoded::byte_serialize(target.as_bytes()).collect();
+            Some(format!("{base}/l/{token}?u={u}"))
+        }
+        None => None,
+    };
+    Ok(Minted {
+        pixel_url: format!("{base}/px/{token}.gif"),
+        link_url,
+        token,
+    })
+}
+
+/// The landing URL of a tracked link: `target` checked against the allowed domains, with the
+/// token's UTM parameters, and acceptable as a `web.hit` `url` (EVENTS.md §2).
+pub fn landing(target: &str, claims: &Claims, allowed_domains: &[String]) -> Result<Url, String> {
+    let url = check_target(target, allowed_domains)?;
+    let url = with_utm(
+        &url,
+        &claims.medium,
+        claims.campaign.as_deref(),
+        &claims.asset_id,
+    );
+    let probe = json!({"event_id": "probe", "kind": "web.hit", "ts": 0, "url": url.as_str()});
+    match decode(probe.to_string().as_bytes()) {
+        Ok(_) => Ok(url),
+        Err(r) => Err(format!("redirect target refused: {}", r.error)),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ pub fn check_target(raw: &str, allowed: &[String]) -> Result<Url, String> {
 /// Whether `host` is one of `allowed` or a subdomain of one, ignoring ASCII case.
 pub fn domain_allowed(host: &str, allowed: &[String]) -> bool {
     let host = host.to_ascii_lowercase();
-    allowed.iter().any(|d| {
+    allowed.iter().filter(|d| !d.is_empty()).any(|d| {
         let d = d.to_ascii_lowercase();
         host == d
             || (host.len() > d.len()
