@@ -7,6 +7,9 @@
 //! key rotation). `batch`: SDK batch bodies (JSON array or NDJSON) split into events, bounded.
 //! `server`: the axum routes, publishing, the pixel buffer while NATS is away, metrics.
 
+pub mod batch;
 pub mod config;
+pub mod server;
+pub mod token;
 
 pub use config::{CollectConfig, KeySpec};
