@@ -194,6 +194,34 @@ impl Consent {
     }
 }
 
+/// The collector's door: true when `body` may be kept. The rep is the token's (pixel and link
+/// hits) or the event's own (`rep_id`, or the WeCom/DingTalk id through the directory); an
+/// event whose rep cannot be told here passes, and the pipeline's door checks it later.
+pub fn door(
+    consent: std::sync::Arc<std::sync::RwLock<Consent>>,
+    dir: std::sync::Arc<crate::directory::Directory>,
+) -> impl Fn(&Body, Option<&str>) -> bool + Send + Sync + 'static {
+    move |body, token_rep| {
+        let Some(category) = category_of(body) else {
+            return true;
+        };
+        let from_body = || -> Option<&str> {
+            match body {
+                Body::CrmAction(a) => Some(&a.rep_id),
+                Body::WecomMessage(m) => dir.rep_by_wecom(&m.wecom_userid).map(|r| dir.rep_id(r)),
+                Body::DingtalkApproval(a) => {
+                    dir.rep_by_dingtalk(&a.staff_id).map(|r| dir.rep_id(r))
+                }
+                _ => None,
+            }
+        };
+        let Some(rep) = token_rep.or_else(from_body) else {
+            return true;
+        };
+        consent.read().map_or(true, |c| c.allows(rep, category))
+    }
+}
+
 /// Every current value of the bucket (bad values are logged and skipped).
 pub async fn load_all(
     kv: &async_nats::jetstream::kv::Store,

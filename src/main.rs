@@ -1,4 +1,4 @@
-//! The touchstream command line: run | replay | demo | gen | validate.
+//! The touchstream command line: run | notify | collect | token | demo | replay | validate | gen.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +25,28 @@ enum Command {
     /// Deliver alerts from touch.alerts.> to the receivers of the pipeline's [notify] section
     /// (also part of `run` when receivers are declared).
     Notify(touchstream::live::notify::NotifyArgs),
+    /// Serve the HTTP collector of the pipeline's [collect] section (pixels, tracked links,
+    /// beacons, SDK batches) until SIGINT/SIGTERM (also part of `run` when configured).
+    Collect(touchstream::live::collect::CollectArgs),
+    /// Mint the pixel URL and tracked-link URL of an asset with the first [collect] key.
+    Token {
+        /// Pipeline file with a `[collect]` section.
+        #[arg(long, default_value = "pipelines/default.toml")]
+        pipeline: PathBuf,
+        #[arg(long)]
+        asset_id: String,
+        #[arg(long)]
+        rep_id: String,
+        /// The asset kind, sent as utm_medium (quote, proposal, case, contract).
+        #[arg(long)]
+        medium: String,
+        /// utm_campaign.
+        #[arg(long)]
+        campaign: Option<String>,
+        /// Landing page of the tracked link (an allowed domain).
+        #[arg(long)]
+        target_url: Option<String>,
+    },
     /// Start a private NATS server, run the pipeline on generated traffic and print alerts.
     Demo(touchstream::live::DemoArgs),
     /// Replay a JSONL file through the engine, event time only (EVENTS.md §9).
@@ -98,6 +120,33 @@ fn validate(files: &[PathBuf]) -> bool {
     ok
 }
 
+/// `touchstream token`: mints offline, with the pipeline file's first key.
+fn token(
+    pipeline: &std::path::Path,
+    claims: touchstream::collect::token::Claims,
+    target_url: Option<&str>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let p = Pipeline::load(pipeline)?;
+    let cfg = p
+        .collect
+        .context("the pipeline file has no [collect] section (README \"Collector\")")?;
+    let keys = touchstream::collect::token::Keys::new(&cfg.keys).map_err(anyhow::Error::msg)?;
+    let m = touchstream::collect::server::mint(
+        &keys,
+        &cfg.public_url,
+        &cfg.allowed_redirect_domains,
+        &claims,
+        target_url,
+    )
+    .map_err(anyhow::Error::msg)?;
+    println!(
+        "{}",
+        serde_json::json!({"token": m.token, "pixel_url": m.pixel_url, "link_url": m.link_url})
+    );
+    Ok(())
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -125,6 +174,29 @@ fn main() -> ExitCode {
                 touchstream::live::shutdown_signal(),
             ))
         }),
+        Command::Collect(args) => runtime().and_then(|rt| {
+            rt.block_on(touchstream::live::collect::collect(
+                args,
+                touchstream::live::shutdown_signal(),
+            ))
+        }),
+        Command::Token {
+            pipeline,
+            asset_id,
+            rep_id,
+            medium,
+            campaign,
+            target_url,
+        } => token(
+            &pipeline,
+            touchstream::collect::token::Claims {
+                asset_id,
+                rep_id,
+                medium,
+                campaign,
+            },
+            target_url.as_deref(),
+        ),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(touchstream::live::demo(args))),
         Command::Replay(args) => replay::replay(&args, wall_clock_ms()).map(|t| {
             eprintln!(

@@ -61,26 +61,11 @@ use crate::engine::{DeadLetter, DeadReason};
 use crate::event::{Body, HitKind, decode, format_time};
 use crate::wall_clock_ms;
 
-// Metric names (bounded labels only; never a token, asset, rep or address).
-
-/// Requests answered, labels `endpoint` (`pixel`, `link`, `web`, `events`, `assets`,
-/// `healthz`, `other`) and `status` (the HTTP status code).
-pub const COLLECT_REQUESTS: &str = "touchstream_collect_requests_total";
-/// Seconds from sending a chunk of events to JetStream to its last ack (histogram), label
-/// `mode`: `batch` (an SDK batch, the request waits) or `buffer` (the hit buffer's publisher).
-pub const COLLECT_PUBLISH_SECONDS: &str = "touchstream_collect_publish_seconds";
-/// Events buffered and not yet stored by JetStream, label `buffer` (`hits`, `dead_letters`).
-pub const COLLECT_BUFFER_DEPTH: &str = "touchstream_collect_buffer_depth";
-/// Events dropped instead of buffered, labels `buffer` and `reason` (`full`; `shutdown` when
-/// NATS stayed away through the drain at shutdown; `closed`).
-pub const COLLECT_DROPPED: &str = "touchstream_collect_dropped_total";
-/// Pixel and link requests whose token failed verification, label `endpoint`.
-pub const COLLECT_BAD_TOKENS: &str = "touchstream_collect_bad_tokens_total";
-/// Events dropped because their rep switched the category off, label `endpoint`.
-pub const COLLECT_CONSENT_DROPPED: &str = "touchstream_collect_consent_dropped_total";
-/// SDK batch events by `outcome` (`accepted`, `rejected`) and `reason` (`none` when accepted;
-/// `invalid_json`, `schema_violation`, `oversized`, `consent`).
-pub const COLLECT_BATCH_EVENTS: &str = "touchstream_collect_batch_events_total";
+// Metric names live in `crate::telemetry` with every other name.
+pub use crate::telemetry::{
+    COLLECT_BAD_TOKENS, COLLECT_BATCH_EVENTS, COLLECT_BUFFER_DEPTH, COLLECT_CONSENT_DROPPED,
+    COLLECT_DROPPED, COLLECT_PUBLISH_SECONDS, COLLECT_REQUESTS,
+};
 
 /// The 1×1 transparent GIF every pixel request gets (GIF89a, one transparent colour).
 pub const GIF: [u8; 43] = [

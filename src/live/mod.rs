@@ -1,9 +1,10 @@
 //! The live side of touchstream: `run` (the engine between a JetStream input and JetStream
-//! outputs, restart-safe), `demo` (a private server, a generated workload, alerts printed as a
+//! outputs, restart-safe), `collect` (the HTTP collector), `demo` (a private server, a generated workload, alerts printed as a
 //! manager reads them) and the private nats-server launcher the demo and the tests share.
 
 pub mod cdi;
 mod checkpoint;
+pub mod collect;
 pub mod demo;
 pub mod nats_server;
 pub mod notify;

@@ -102,11 +102,29 @@ pub(super) async fn run_with(
             stop.clone(),
         ))
     });
+    // The collector (when `[collect]` is configured) publishes what the engine consumes.
+    let collecting = match &pipeline.collect {
+        None => None,
+        Some(_) => {
+            let (addr, server) =
+                super::collect::start(&js, &pipeline, directory.clone(), stop.wait()).await?;
+            tracing::info!("collector on http://{addr}");
+            Some(tokio::spawn(server))
+        }
+    };
     let result = match Live::start(js, pipeline, directory, stop.clone()).await {
         Ok(Some(mut live)) => live.run().await,
         Ok(None) => Ok(()), // stopped before NATS was reachable
         Err(e) => Err(e),
     };
+    if let Some(task) = collecting {
+        stop.request();
+        match task.await {
+            Ok(Err(e)) => tracing::warn!("collector: {e:#}"),
+            Err(e) => tracing::warn!("collector task: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
     if let Some(task) = notifying {
         stop.request();
         match task.await {

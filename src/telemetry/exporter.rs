@@ -18,8 +18,8 @@ use tokio::net::TcpListener;
 
 use super::{
     ALERT_LATENCY_BUCKETS, ALERT_LATENCY_SECONDS, BATCH_DURATION_BUCKETS, BATCH_DURATION_SECONDS,
-    BATCH_EVENTS, BATCH_EVENTS_BUCKETS, FIRST_RESPONSE_BUCKETS, FIRST_RESPONSE_SECONDS,
-    NOTIFY_LATENCY_SECONDS,
+    BATCH_EVENTS, BATCH_EVENTS_BUCKETS, COLLECT_PUBLISH_BUCKETS, COLLECT_PUBLISH_SECONDS,
+    FIRST_RESPONSE_BUCKETS, FIRST_RESPONSE_SECONDS, NOTIFY_LATENCY_SECONDS,
 };
 
 /// How often histogram and idle-metric upkeep runs (the recorder does not do it by itself).
@@ -55,7 +55,8 @@ pub fn recorder() -> metrics_exporter_prometheus::PrometheusRecorder {
 }
 
 fn with_buckets() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
-    let histograms: [(&str, &[f64]); 5] = [
+    let histograms: [(&str, &[f64]); 6] = [
+        (COLLECT_PUBLISH_SECONDS, COLLECT_PUBLISH_BUCKETS),
         (NOTIFY_LATENCY_SECONDS, ALERT_LATENCY_BUCKETS),
         (FIRST_RESPONSE_SECONDS, FIRST_RESPONSE_BUCKETS),
         (BATCH_DURATION_SECONDS, BATCH_DURATION_BUCKETS),

@@ -97,6 +97,32 @@ pub const CONSENT_DROPPED: &str = "touchstream_consent_dropped_total";
 /// Per-customer CDI records published to `touch.cdi`.
 pub const CDI_PUBLISHED: &str = "touchstream_cdi_published_total";
 
+// The collector (src/collect): bounded labels only, never a token, asset, rep or address.
+
+/// Requests answered, labels `endpoint` (`pixel`, `link`, `web`, `events`, `assets`,
+/// `healthz`, `other`) and `status` (the HTTP status code).
+pub const COLLECT_REQUESTS: &str = "touchstream_collect_requests_total";
+/// Seconds from sending a chunk of events to JetStream to its last ack (histogram), label
+/// `mode`: `batch` (an SDK batch, the request waits) or `buffer` (the hit buffer's publisher).
+pub const COLLECT_PUBLISH_SECONDS: &str = "touchstream_collect_publish_seconds";
+/// Events buffered and not yet stored by JetStream, label `buffer` (`hits`, `dead_letters`).
+pub const COLLECT_BUFFER_DEPTH: &str = "touchstream_collect_buffer_depth";
+/// Events dropped instead of buffered, labels `buffer` and `reason` (`full`; `shutdown` when
+/// NATS stayed away through the drain at shutdown; `closed`).
+pub const COLLECT_DROPPED: &str = "touchstream_collect_dropped_total";
+/// Pixel and link requests whose token failed verification, label `endpoint`.
+pub const COLLECT_BAD_TOKENS: &str = "touchstream_collect_bad_tokens_total";
+/// Events dropped because their rep switched the category off, label `endpoint`.
+pub const COLLECT_CONSENT_DROPPED: &str = "touchstream_collect_consent_dropped_total";
+/// SDK batch events by `outcome` (`accepted`, `rejected`) and `reason` (`none` when accepted;
+/// `invalid_json`, `schema_violation`, `oversized`, `consent`).
+pub const COLLECT_BATCH_EVENTS: &str = "touchstream_collect_batch_events_total";
+
+/// Histogram buckets (seconds) for the collector's publish latency.
+pub const COLLECT_PUBLISH_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// Histogram buckets (seconds) for first-response time: minutes to a week.
 pub const FIRST_RESPONSE_BUCKETS: &[f64] = &[
     300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 172800.0, 259200.0, 604800.0,
