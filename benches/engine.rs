@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use touchstream::config::Pipeline;
-use touchstream::directory::Directory;
-use touchstream::engine::{ClockMode, Engine, Input};
-use touchstream::r#gen::{GenArgs, generate_each};
+use touchstream::engine::{ClockMode, Engine};
+use touchstream::r#gen::{GenArgs, generate_packed};
 
 const BATCH: usize = 4096;
 /// Events timed per size (the rest of the workload only builds state).
@@ -46,29 +45,9 @@ fn run(pairs: usize, pipeline: &Arc<Pipeline>) -> anyhow::Result<Result> {
         max_events: 0,
         noise: 0.01,
     };
-    let mut data: Vec<u8> = Vec::new();
-    let mut ends: Vec<usize> = Vec::new();
-    let csv = generate_each(&args, |line| {
-        data.extend_from_slice(line.as_bytes());
-        ends.push(data.len());
-    })?;
-    let dir = Arc::new(Directory::from_csv(
-        &csv.reps_csv,
-        &csv.customers_csv,
-        &csv.regions_csv,
-    )?);
-    let mut start = 0;
-    let inputs: Vec<Input<'_>> = ends
-        .iter()
-        .map(|&end| {
-            let raw = &data[start..end];
-            start = end;
-            Input {
-                raw,
-                received_at: None,
-            }
-        })
-        .collect();
+    let packed = generate_packed(&args)?;
+    let inputs = packed.inputs();
+    let dir = packed.directory.clone();
     let mut engine = Engine::new(pipeline.clone(), dir, ClockMode::Replay)?;
     let now = i64::MAX / 4;
     let measured = MEASURED.min(inputs.len() / 2);

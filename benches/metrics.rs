@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use touchstream::config::Pipeline;
-use touchstream::directory::Directory;
-use touchstream::engine::{ClockMode, Engine, Input};
-use touchstream::r#gen::{GenArgs, generate_each};
+use touchstream::engine::{ClockMode, Engine};
+use touchstream::r#gen::{GenArgs, generate_packed};
 
 const BATCH: usize = 4096;
 const EXPORT_EVERY: usize = 100_000;
@@ -22,29 +21,9 @@ fn main() -> anyhow::Result<()> {
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml");
     let pipeline = Arc::new(Pipeline::load(&file)?);
     let args = GenArgs::default();
-    let mut data: Vec<u8> = Vec::new();
-    let mut ends: Vec<usize> = Vec::new();
-    let csv = generate_each(&args, |line| {
-        data.extend_from_slice(line.as_bytes());
-        ends.push(data.len());
-    })?;
-    let dir = Arc::new(Directory::from_csv(
-        &csv.reps_csv,
-        &csv.customers_csv,
-        &csv.regions_csv,
-    )?);
-    let mut start = 0;
-    let inputs: Vec<Input<'_>> = ends
-        .iter()
-        .map(|&end| {
-            let raw = &data[start..end];
-            start = end;
-            Input {
-                raw,
-                received_at: None,
-            }
-        })
-        .collect();
+    let packed = generate_packed(&args)?;
+    let inputs = packed.inputs();
+    let dir = packed.directory.clone();
     println!(
         "metrics: generated organisation, {} reps x {} customers, {} days: {} lines, {BATCH}-line batches",
         args.reps,

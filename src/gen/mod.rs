@@ -152,6 +152,51 @@ pub fn generate_each(args: &GenArgs, mut f: impl FnMut(&str)) -> anyhow::Result<
     })
 }
 
+/// A workload packed in one buffer (benches): the lines back to back, and where each ends.
+pub struct Packed {
+    pub data: Vec<u8>,
+    pub ends: Vec<usize>,
+    pub directory: std::sync::Arc<crate::directory::Directory>,
+}
+
+impl Packed {
+    /// The lines as engine inputs, in arrival order.
+    pub fn inputs(&self) -> Vec<crate::engine::Input<'_>> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let raw = &self.data[start..end];
+                start = end;
+                crate::engine::Input {
+                    raw,
+                    received_at: None,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Generates a workload into one buffer, with its directory loaded.
+pub fn generate_packed(args: &GenArgs) -> anyhow::Result<Packed> {
+    let mut data: Vec<u8> = Vec::new();
+    let mut ends: Vec<usize> = Vec::new();
+    let csv = generate_each(args, |line| {
+        data.extend_from_slice(line.as_bytes());
+        ends.push(data.len());
+    })?;
+    let directory = std::sync::Arc::new(crate::directory::Directory::from_csv(
+        &csv.reps_csv,
+        &csv.customers_csv,
+        &csv.regions_csv,
+    )?);
+    Ok(Packed {
+        data,
+        ends,
+        directory,
+    })
+}
+
 /// Like [`generate_each`], with each line's noise tag (`None` for a valid event), so tests can
 /// predict dead letters and duplicates.
 pub fn generate_each_tagged(
