@@ -448,7 +448,15 @@ impl<'w> Planner<'w> {
     }
 
     fn visit(&mut self, pair: u32, rep: u32, t: i64) {
-        let city = self.rng.random_range(0..3u32);
+        // A rep spends a day in one of the region's cities; now and then a visit is logged in
+        // another (a daily report that cannot be true: `impossible_visits`).
+        let drawn = self.rng.random_range(0..3u32);
+        let home = (rep as u64 + t.div_euclid(DAY) as u64) % 3;
+        let city = if chance(&mut self.rng, 0.02) {
+            drawn
+        } else {
+            home as u32
+        };
         self.crm(pair, rep, t, Action::Visit, Some(Channel::Visit), 0, city);
         if chance(&mut self.rng, 0.3) {
             let dur = self.between(20 * 60, 90 * 60) as u32;
