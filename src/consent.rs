@@ -53,7 +53,17 @@ impl Category {
         Category::ALL.into_iter().find(|c| c.as_str() == s)
     }
 
-    fn bit(self) -> Mask {
+    /// The category of a `crm.action`.
+    pub fn of_action(action: Action) -> Category {
+        match action {
+            Action::Call => Category::Calls,
+            Action::Visit => Category::Visits,
+            Action::ContractSent | Action::DealWon | Action::DealLost => Category::Contracts,
+            _ => Category::Sales,
+        }
+    }
+
+    pub fn bit(self) -> Mask {
         1 << self as u8
     }
 }
@@ -70,12 +80,7 @@ pub fn category_of(body: &Body) -> Option<Category> {
         }
         Body::DingtalkApproval(_) => Category::Contracts,
         Body::WecomPresence(_) => return None,
-        Body::CrmAction(a) => match a.action {
-            Action::Call => Category::Calls,
-            Action::Visit => Category::Visits,
-            Action::ContractSent | Action::DealWon | Action::DealLost => Category::Contracts,
-            _ => Category::Sales,
-        },
+        Body::CrmAction(a) => Category::of_action(a.action),
     })
 }
 

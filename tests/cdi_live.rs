@@ -38,21 +38,6 @@ fn fixture(idle_advance_after_seconds: u64) -> anyhow::Result<Fixture> {
     Ok(fx)
 }
 
-/// A `crm.action` without an asset (EVENTS.md §2).
-fn action(
-    event_id: &str,
-    rep: &str,
-    customer: &str,
-    action: &str,
-    channel: &str,
-    t: i64,
-) -> String {
-    format!(
-        r#"{{"event_id":"{event_id}","kind":"crm.action","ts":"{}","rep_id":"{rep}","customer_id":"{customer}","action":"{action}","channel":"{channel}"}}"#,
-        rfc3339(t)
-    )
-}
-
 /// A `wecom.message` (EVENTS.md §2): `in` from the customer, `out` from the rep.
 fn wecom_message(event_id: &str, userid: &str, external: &str, direction: &str, t: i64) -> String {
     format!(

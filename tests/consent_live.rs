@@ -59,21 +59,6 @@ fn wecom_out(event_id: &str, userid: &str, external: &str, t: i64) -> String {
     )
 }
 
-/// A `crm.action` without an asset.
-fn action(
-    event_id: &str,
-    rep: &str,
-    customer: &str,
-    action: &str,
-    channel: &str,
-    t: i64,
-) -> String {
-    format!(
-        r#"{{"event_id":"{event_id}","kind":"crm.action","ts":"{}","rep_id":"{rep}","customer_id":"{customer}","action":"{action}","channel":"{channel}"}}"#,
-        rfc3339(t)
-    )
-}
-
 /// A pair's CDI record as the bucket holds it (keys in alphabetical order, README "Outputs").
 #[derive(Debug, Clone)]
 struct Cdi {

@@ -183,13 +183,11 @@ impl Engine {
             .iter()
             .map(|r| consent.off(&r.rep_id))
             .collect();
-        for (ix, r) in self.dir.reps.iter().enumerate() {
-            if !consent.allows(&r.rep_id, Category::Tracking) {
-                self.assets
-                    .tracking_off
-                    .insert(ix as crate::directory::RepIx);
-            }
-        }
+        self.assets.tracking_off.extend(
+            (0..masks.len())
+                .filter(|ix| masks[*ix] & Category::Tracking.bit() != 0)
+                .map(|ix| ix as crate::directory::RepIx),
+        );
         self.consent_off = Some(masks);
     }
 
@@ -200,23 +198,13 @@ impl Engine {
             return false;
         };
         let (pair, category) = match what {
-            What::Action { pair, action, .. } => (
-                pair,
-                match action {
-                    event::Action::Call => Category::Calls,
-                    event::Action::Visit => Category::Visits,
-                    event::Action::ContractSent
-                    | event::Action::DealWon
-                    | event::Action::DealLost => Category::Contracts,
-                    _ => Category::Sales,
-                },
-            ),
+            What::Action { pair, action, .. } => (pair, Category::of_action(*action)),
             What::Message { pair, .. } => (pair, Category::Chat),
             What::Approval { pair, .. } => (pair, Category::Contracts),
             // Presence is the customer's; hits are checked against their asset's rep.
             What::Presence { .. } | What::PixelHit { .. } | What::WebHit { .. } => return false,
         };
-        let off = masks.get(pair.rep() as usize).copied().unwrap_or(0) & (1 << category as u8) != 0;
+        let off = masks.get(pair.rep() as usize).copied().unwrap_or(0) & category.bit() != 0;
         if off {
             self.counts.consent_dropped[category as usize] += 1;
         }
@@ -586,11 +574,11 @@ impl Engine {
                         city: city.clone(),
                         asset_id: asset_id.clone(),
                         at: ev.t,
-                        late_w: None,
+                        late_w: ev.late.then_some(w),
                         alerts: Vec::new(),
                         decision_due: Millis::MAX,
                     };
-                    log.add(row, ev.late.then_some(w));
+                    log.add(row);
                 }
                 if let (true, Some(asset_id)) = (action.is_asset_send(), asset_id) {
                     self.assets

@@ -6,14 +6,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
 
 use crate::collect::server;
 use crate::config::Pipeline;
-use crate::consent::Consent;
 use crate::directory::Directory;
 use crate::telemetry::exporter;
 
@@ -76,18 +74,8 @@ pub async fn start(
         .context("the pipeline file has no [collect] section")?;
     crate::source::jetstream::ensure_input_stream(js, pipeline).await?;
     crate::sinks::nats::ensure_output_streams(js).await?;
-    let kv = super::open_kv(js, &pipeline.consent.bucket, Duration::ZERO).await?;
-    let mut consent = Consent::new(&pipeline.consent);
-    for (rep_id, off) in crate::consent::load_all(&kv).await? {
-        consent.set_live(&rep_id, Some(off));
-    }
+    let (consent, mut rx) = super::consent_feed(js, &pipeline.consent).await?;
     let consent = Arc::new(RwLock::new(consent));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        if let Err(e) = crate::consent::watch(kv, tx).await {
-            tracing::warn!("consent bucket watch ended: {e:#}");
-        }
-    });
     let live = consent.clone();
     tokio::spawn(async move {
         while let Some((rep_id, off)) = rx.recv().await {

@@ -78,6 +78,30 @@ pub async fn open_kv(
         .with_context(|| format!("opening bucket {bucket}"))
 }
 
+/// Live consent updates from the bucket: `(rep_id, mask)`, None when the key was deleted.
+pub type ConsentUpdates =
+    tokio::sync::mpsc::UnboundedReceiver<(String, Option<crate::consent::Mask>)>;
+
+/// The consent in force now (the pipeline file's `[consent]` with the bucket's values on top)
+/// and the feed of later changes from the bucket, for `run` and `collect` alike.
+pub async fn consent_feed(
+    js: &async_nats::jetstream::Context,
+    cfg: &crate::consent::ConsentConfig,
+) -> anyhow::Result<(crate::consent::Consent, ConsentUpdates)> {
+    let kv = open_kv(js, &cfg.bucket, Duration::ZERO).await?;
+    let mut consent = crate::consent::Consent::new(cfg);
+    for (rep_id, off) in crate::consent::load_all(&kv).await? {
+        consent.set_live(&rep_id, Some(off));
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        if let Err(e) = crate::consent::watch(kv, tx).await {
+            tracing::warn!("consent bucket watch ended: {e:#}");
+        }
+    });
+    Ok((consent, rx))
+}
+
 /// Connects to NATS the way a long-running service should: keep trying when the server is not
 /// up yet, reconnect forever when it goes away.
 pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {

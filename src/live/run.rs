@@ -156,7 +156,7 @@ struct Live {
     last_health: Instant,
     /// Consent in force, and live updates from the `[consent] bucket` watcher.
     consent: crate::consent::Consent,
-    consent_updates: tokio::sync::mpsc::UnboundedReceiver<(String, Option<crate::consent::Mask>)>,
+    consent_updates: super::ConsentUpdates,
 }
 
 impl Live {
@@ -196,23 +196,13 @@ impl Live {
     ) -> anyhow::Result<Option<Live>> {
         let (input, checkpoint, saved, acked_through) = setup(js, pipeline).await?;
         // The consent in force now applies to the rebuild too: switched-off data stays out.
-        let consent_kv = super::open_kv(js, &pipeline.consent.bucket, Duration::ZERO).await?;
-        let mut consent = crate::consent::Consent::new(&pipeline.consent);
-        for (rep_id, off) in crate::consent::load_all(&consent_kv).await? {
-            consent.set_live(&rep_id, Some(off));
-        }
+        let (consent, consent_updates) = super::consent_feed(js, &pipeline.consent).await?;
         engine.set_consent(&consent);
         if !rebuild(&mut engine, &input, pipeline, acked_through, saved, stop).await? {
             return Ok(None);
         }
         let source = JetStreamSource::open(&input, pipeline, acked_through).await?;
         let cdi = super::cdi::CdiPublisher::open(js).await?;
-        let (tx, consent_updates) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            if let Err(e) = crate::consent::watch(consent_kv, tx).await {
-                tracing::warn!("consent bucket watch ended: {e:#}");
-            }
-        });
         tracing::info!(
             stream = %pipeline.source.stream,
             durable = %pipeline.source.durable,

@@ -98,10 +98,9 @@ impl ActionLog {
         )
     }
 
-    /// Adds one action; `late_w` is the watermark when it arrived behind it.
-    pub fn add(&mut self, mut row: ActionRow, late_w: Option<Millis>) {
-        row.late_w = late_w;
-        let (rep, at) = (row.pair.rep(), row.at);
+    /// Adds one action (late when its `late_w` is set).
+    pub fn add(&mut self, row: ActionRow) {
+        let (rep, at, late) = (row.pair.rep(), row.at, row.late_w.is_some());
         let ix = match self.free.pop() {
             Some(ix) => {
                 self.slab[ix as usize] = Some(row);
@@ -116,7 +115,7 @@ impl ActionLog {
         self.expiry
             .schedule(at.saturating_add(self.retention_ms), ix);
         self.dirty.push(ix);
-        if late_w.is_some() {
+        if late {
             self.late.push(ix);
         }
     }

@@ -22,12 +22,6 @@ struct Lead {
     first_touch: Option<Millis>,
 }
 
-#[derive(Debug, Default)]
-struct PairHealth {
-    /// Starts of the pair's sessions, ascending (arrival order; late starts are rare).
-    session_starts: VecDeque<Millis>,
-}
-
 /// A first response observed: the rep and the seconds from `lead_assigned` to the touch.
 #[derive(Debug, Clone, Copy)]
 pub struct FirstResponse {
@@ -37,11 +31,11 @@ pub struct FirstResponse {
 
 #[derive(Debug)]
 pub struct ProcessHealth {
-    cfg: HealthSection,
     window_ms: Millis,
     followup_ms: Millis,
     reply_ms: Millis,
-    pairs: HashMap<Pair, PairHealth>,
+    /// Starts of each pair's sessions, ascending (arrival order; late starts are rare).
+    session_starts: HashMap<Pair, VecDeque<Millis>>,
     /// `lead_assigned` times of the pairs that have leads in the window, with the rep's first
     /// touch at or after each. Few pairs: a small map that every rep touch probes cheaply.
     leads: HashMap<Pair, Vec<Lead>>,
@@ -56,11 +50,10 @@ pub struct ProcessHealth {
 impl ProcessHealth {
     pub fn new(cfg: &HealthSection) -> Self {
         ProcessHealth {
-            cfg: cfg.clone(),
             window_ms: cfg.window_days * 86_400_000,
             followup_ms: cfg.followup_within_hours * 3_600_000,
             reply_ms: cfg.reply_within_hours * 3_600_000,
-            pairs: HashMap::default(),
+            session_starts: HashMap::default(),
             leads: HashMap::default(),
             timers: LazyTimers::default(),
             lead_timers: LazyTimers::default(),
@@ -70,11 +63,11 @@ impl ProcessHealth {
     }
 
     pub fn len(&self) -> usize {
-        self.pairs.len() + self.leads.len()
+        self.session_starts.len() + self.leads.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty() && self.leads.is_empty()
+        self.session_starts.is_empty() && self.leads.is_empty()
     }
 
     /// A `lead_assigned` for the pair at `t`.
@@ -108,11 +101,7 @@ impl ProcessHealth {
 
     /// A session of the pair started at `t`.
     pub fn on_session_start(&mut self, pair: Pair, t: Millis) {
-        self.pairs
-            .entry(pair)
-            .or_default()
-            .session_starts
-            .push_back(t);
+        self.session_starts.entry(pair).or_default().push_back(t);
         self.timers.schedule(t + self.window_ms, pair);
     }
 
@@ -134,14 +123,14 @@ impl ProcessHealth {
     pub fn on_watermark(&mut self, w: Millis) {
         let cut = w - self.window_ms;
         while let Some((_, pair)) = self.timers.pop_due(w) {
-            let Some(p) = self.pairs.get_mut(&pair) else {
+            let Some(starts) = self.session_starts.get_mut(&pair) else {
                 continue;
             };
-            while p.session_starts.front().is_some_and(|t| *t < cut) {
-                p.session_starts.pop_front();
+            while starts.front().is_some_and(|t| *t < cut) {
+                starts.pop_front();
             }
-            if p.session_starts.is_empty() {
-                self.pairs.remove(&pair);
+            if starts.is_empty() {
+                self.session_starts.remove(&pair);
             }
         }
         while let Some((_, pair)) = self.lead_timers.pop_due(w) {
@@ -188,13 +177,9 @@ impl ProcessHealth {
                 r.customers_replied += u64::from(replied);
             }
         });
-        for (pair, p) in &self.pairs {
+        for (pair, starts) in &self.session_starts {
             let r = &mut reps[pair.rep() as usize];
-            let sessions = p
-                .session_starts
-                .iter()
-                .filter(|t| **t >= cut && **t <= w)
-                .count();
+            let sessions = starts.iter().filter(|t| **t >= cut && **t <= w).count();
             r.customers_touched += u64::from(sessions >= 1);
             r.customers_retouched += u64::from(sessions >= 2);
         }
@@ -210,10 +195,6 @@ impl ProcessHealth {
             }
         }
         reps
-    }
-
-    pub fn config(&self) -> &HealthSection {
-        &self.cfg
     }
 }
 

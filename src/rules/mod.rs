@@ -409,9 +409,7 @@ impl TableRules {
         }
         for (ix, due_at) in waiting {
             if let Some(row) = table.row_mut(ix) {
-                let (_, decision_due) = row.state();
-                *decision_due = (*decision_due).min(due_at);
-                self.timers.schedule(due_at.saturating_add(1), ix);
+                wait(&mut self.timers, row, ix, due_at);
             }
         }
         for (r, input) in inputs.into_iter().enumerate() {
@@ -434,15 +432,12 @@ impl TableRules {
                         continue;
                     };
                     if !stamp.decidable(due_at) {
-                        let (_, decision_due) = row.state();
-                        *decision_due = (*decision_due).min(due_at);
-                        // Due once the watermark is past `due_at`.
-                        self.timers.schedule(due_at.saturating_add(1), ix);
+                        wait(&mut self.timers, row, ix, due_at);
                         continue;
                     }
                     *row.state().1 = Millis::MAX;
                     let firing = !fire.is_null(i) && fire.value(i);
-                    let extra = evidence_columns(res, &self.rules[r].evidence_cols, i);
+                    let extra = evidence_columns(res, &rule.evidence_cols, i);
                     let n = self.rules.len();
                     let group_late = rule
                         .uses_context
@@ -461,6 +456,14 @@ impl TableRules {
         }
         Ok(())
     }
+}
+
+/// A row whose decision is not yet allowed: it remembers `due_at` and gets a timer for when the
+/// watermark is past it.
+fn wait<R: RuleRow>(timers: &mut LazyTimers<u32>, row: &mut R, ix: u32, due_at: Millis) {
+    let (_, decision_due) = row.state();
+    *decision_due = (*decision_due).min(due_at);
+    timers.schedule(due_at.saturating_add(1), ix);
 }
 
 /// One rule's verdict on one row.

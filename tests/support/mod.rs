@@ -360,6 +360,21 @@ pub fn quote_sent(event_id: &str, rep: &str, customer: &str, asset: &str, t: i64
     )
 }
 
+/// A `crm.action` without an asset (EVENTS.md §2).
+pub fn action(
+    event_id: &str,
+    rep: &str,
+    customer: &str,
+    action: &str,
+    channel: &str,
+    t: i64,
+) -> String {
+    format!(
+        r#"{{"event_id":"{event_id}","kind":"crm.action","ts":"{}","rep_id":"{rep}","customer_id":"{customer}","action":"{action}","channel":"{channel}"}}"#,
+        rfc3339(t)
+    )
+}
+
 pub fn contract_sent(event_id: &str, rep: &str, customer: &str, asset: &str, t: i64) -> String {
     format!(
         r#"{{"event_id":"{event_id}","kind":"crm.action","ts":"{}","rep_id":"{rep}","customer_id":"{customer}","action":"contract_sent","channel":"email","asset_id":"{asset}"}}"#,
