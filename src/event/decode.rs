@@ -8,6 +8,8 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+mod fast;
+
 use super::{
     Action, ApprovalResult, ApprovalType, Body, Channel, CrmAction, DingtalkApproval, Direction,
     Event, HitKind, Kind, MAX_EVENT_BYTES, Millis, PixelHit, Presence, RejectReason, Rejection,
@@ -35,6 +37,7 @@ const MS_PER_DAY: i64 = 86_400_000;
 // One JSON value, as much as validation needs. Strings borrow from the input unless escaped;
 // arrays and objects (only valid inside `attrs`) are skipped without allocating.
 
+#[cfg_attr(test, derive(Debug, PartialEq))]
 enum Val<'a> {
     Str(Cow<'a, str>),
     /// A non-negative JSON integer.
@@ -159,6 +162,7 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Val<'de>>, D::Error
 macro_rules! raw_event {
     ($($field:ident = $name:literal),* $(,)?) => {
         #[derive(Deserialize)]
+        #[cfg_attr(test, derive(Debug, PartialEq))]
         #[serde(deny_unknown_fields)]
         struct Raw<'a> {
             $(
@@ -170,7 +174,21 @@ macro_rules! raw_event {
         /// Wire names of `Raw`'s fields; bit `i` of a mask stands for `FIELD_NAMES[i]`.
         const FIELD_NAMES: &[&str] = &[$($name),*];
 
-        impl Raw<'_> {
+        impl<'a> Raw<'a> {
+            /// No field present.
+            fn empty() -> Self {
+                Raw { $($field: None),* }
+            }
+
+            /// The slot of the field spelled `name` on the wire (unescaped), if there is one.
+            #[inline]
+            fn slot(&mut self, name: &[u8]) -> Option<&mut Option<Val<'a>>> {
+                match name {
+                    $(n if n == $name.as_bytes() => Some(&mut self.$field),)*
+                    _ => None,
+                }
+            }
+
             /// Bitmask of the fields present on the wire.
             fn presence(&self) -> u64 {
                 let mut bits = 0u64;
@@ -503,7 +521,12 @@ pub fn decode(raw: &[u8]) -> Result<Event, Rejection> {
             Err(e) => invalid_json(e.to_string()),
         });
     }
-    let mut r: Raw<'_> = serde_json::from_slice(raw).map_err(|e| serde_rejection(raw, &e))?;
+    // The fast scan takes the common line; anything it declines goes through serde_json,
+    // which also writes every error message.
+    let mut r: Raw<'_> = match fast::scan(raw) {
+        Some(r) => r,
+        None => serde_json::from_slice(raw).map_err(|e| serde_rejection(raw, &e))?,
+    };
 
     let check = Check { prefix: "event" };
     let kind_val = check.required("kind", r.kind.take())?;

@@ -1,0 +1,218 @@
+//! The fast scan: fills `Raw` from the line every well-behaved publisher sends (one flat object,
+//! known keys once each, strings without escapes, non-negative integers) in one pass with no
+//! allocation. It declines everything else with `None`, and serde_json then decides, so the
+//! accepted events and every error message are serde's; the tests hold the two to the same
+//! `Raw` on every line both take.
+
+use std::borrow::Cow;
+
+use super::{Raw, Val};
+
+/// `Raw` of `raw` when the line is plain; `None` sends it to serde_json.
+pub(super) fn scan(raw: &[u8]) -> Option<Raw<'_>> {
+    // One check up front lets every string below borrow without its own check.
+    let text = std::str::from_utf8(raw).ok()?;
+    let b = raw;
+    let mut r = Raw::empty();
+    let mut i = ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        loop {
+            let (start, end) = string(b, i)?;
+            i = ws(b, end + 1);
+            if b.get(i) != Some(&b':') {
+                return None;
+            }
+            let slot = r.slot(&b[start..end])?;
+            if slot.is_some() {
+                return None;
+            }
+            let (v, next) = value(text, b, ws(b, i + 1))?;
+            *slot = Some(v);
+            i = ws(b, next);
+            match b.get(i) {
+                Some(b',') => i = ws(b, i + 1),
+                Some(b'}') => {
+                    i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    (ws(b, i) == b.len()).then_some(r)
+}
+
+/// The first index at or after `i` that is not JSON whitespace.
+#[inline]
+fn ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// The contents of the string opening at `i`, as `(start, end)` with `b[end] == '"'`; `None`
+/// when there is no string there or it holds an escape or a control character.
+#[inline]
+fn string(b: &[u8], i: usize) -> Option<(usize, usize)> {
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let start = i + 1;
+    let mut j = start;
+    loop {
+        match *b.get(j)? {
+            b'"' => return Some((start, j)),
+            b'\\' | 0..=0x1f => return None,
+            _ => j += 1,
+        }
+    }
+}
+
+/// The value starting at `i` and the index just after it.
+#[inline]
+fn value<'a>(text: &'a str, b: &[u8], i: usize) -> Option<(Val<'a>, usize)> {
+    match *b.get(i)? {
+        b'"' => {
+            let (start, end) = string(b, i)?;
+            // `"` is ASCII, so both ends are char boundaries of the checked text.
+            Some((Val::Str(Cow::Borrowed(&text[start..end])), end + 1))
+        }
+        b'0'..=b'9' => {
+            let mut j = i;
+            let mut n: u64 = 0;
+            while let Some(&d @ b'0'..=b'9') = b.get(j) {
+                n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+                j += 1;
+            }
+            // A leading zero, a fraction or an exponent: serde_json's to read.
+            let leading_zero = b[i] == b'0' && j - i > 1;
+            if leading_zero || matches!(b.get(j), Some(b'.' | b'e' | b'E')) {
+                return None;
+            }
+            Some((Val::UInt(n), j))
+        }
+        b't' if b[i..].starts_with(b"true") => Some((Val::Bool(true), i + 4)),
+        b'f' if b[i..].starts_with(b"false") => Some((Val::Bool(false), i + 5)),
+        b'n' if b[i..].starts_with(b"null") => Some((Val::Null, i + 4)),
+        // Negative numbers, arrays and objects (`attrs`): serde_json's to read.
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serde(line: &str) -> Option<Raw<'_>> {
+        serde_json::from_str(line).ok()
+    }
+
+    /// The scan agrees with serde_json wherever it answers.
+    fn agrees(line: &str) -> bool {
+        match scan(line.as_bytes()) {
+            Some(fast) => {
+                assert_eq!(Some(&fast), serde(line).as_ref(), "{line}");
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[test]
+    fn takes_plain_lines_as_serde_reads_them() {
+        for line in [
+            r#"{"event_id":"e1","kind":"crm.action","ts":"2026-11-02T17:00:00+08:00","rep_id":"r1","customer_id":"c1","action":"quote_sent","asset_id":"Q1"}"#,
+            r#" { "event_id" : "e2" , "kind":"pixel.hit", "ts":1793610000000,"asset_id":"Q1","hit":"open","page":0,"dwell_ms":1500 } "#,
+            "{\"event_id\":\"e3\",\n\"kind\":\"wecom.presence\",\r\n\t\"ts\":0,\"external_userid\":\"张三\",\"status\":\"online\"}\n",
+            r#"{"event_id":"e4","kind":"web.hit","ts":1,"url":"https://x.cn/p?a=1","referrer":null}"#,
+            r#"{"event_id":"e5","kind":"crm.action","ts":1,"city":true,"amount":false}"#,
+            r#"{}"#,
+            r#"{"event_id":""}"#,
+        ] {
+            assert!(agrees(line), "the scan declined {line}");
+        }
+    }
+
+    #[test]
+    fn declines_what_it_does_not_read_itself() {
+        for line in [
+            // escapes, in values and keys
+            r#"{"event_id":"e\"1","kind":"crm.action"}"#,
+            r#"{"event_id":"e\u0031"}"#,
+            r#"{"event\u005fid":"e1"}"#,
+            // numbers that are not plain non-negative integers
+            r#"{"ts":-1}"#,
+            r#"{"ts":1.0}"#,
+            r#"{"ts":1e3}"#,
+            r#"{"ts":01}"#,
+            r#"{"ts":18446744073709551616}"#,
+            // nested values
+            r#"{"attrs":{"x":1}}"#,
+            r#"{"attrs":[1]}"#,
+            // unknown and repeated fields
+            r#"{"colour":"red"}"#,
+            r#"{"event_id":"a","event_id":"b"}"#,
+            // broken syntax
+            r#"{"event_id":"e1""#,
+            r#"{"event_id":"e1",}"#,
+            r#"{"event_id" "e1"}"#,
+            r#"{"event_id":"e1"} x"#,
+            r#"{"event_id":"e1"}}"#,
+            r#"{"event_id":tru}"#,
+            "{\"event_id\":\"a\tb\"}",
+            r#"["event_id"]"#,
+            "",
+        ] {
+            assert!(scan(line.as_bytes()).is_none(), "the scan took {line}");
+        }
+        // Invalid UTF-8 anywhere.
+        assert!(scan(b"{\"event_id\":\"\xff\"}").is_none());
+    }
+
+    #[test]
+    fn agrees_with_serde_on_every_fixture_and_generated_line() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/events");
+        let mut lines = Vec::new();
+        for dir in ["valid", "invalid"] {
+            for entry in std::fs::read_dir(root.join(dir)).expect("fixtures") {
+                let bytes = std::fs::read(entry.expect("entry").path()).expect("fixture");
+                match String::from_utf8(bytes) {
+                    Ok(text) => lines.push(text),
+                    Err(e) => assert!(scan(e.as_bytes()).is_none()),
+                }
+            }
+        }
+        let args = crate::r#gen::GenArgs {
+            seed: 11,
+            regions: 2,
+            reps: 6,
+            customers_per_rep: 4,
+            days: 3,
+            end: None,
+            max_events: 3000,
+            noise: 0.05,
+        };
+        let packed = crate::r#gen::generate_packed(&args).expect("generate");
+        let generated: Vec<String> = packed
+            .inputs()
+            .iter()
+            .map(|i| String::from_utf8_lossy(i.raw).into_owned())
+            .collect();
+        let taken = generated.iter().filter(|l| agrees(l)).count();
+        let fixtures_taken = lines.iter().filter(|l| agrees(l)).count();
+        assert!(fixtures_taken > 0, "no fixture took the scan");
+        // The point of the scan: the lines publishers send take it.
+        assert!(
+            taken * 10 >= generated.len() * 9,
+            "the scan took only {taken} of {} generated lines",
+            generated.len()
+        );
+    }
+}
