@@ -220,10 +220,12 @@ fn main() -> anyhow::Result<()> {
         "pixel throughput, {CONNECTIONS} connections x {LOAD} requests, against a bare JetStream publish loop of {BARE} pixel.hit events ({CHUNK} in flight), {ROUNDS} alternating rounds"
     );
     println!(
-        "  round  bare publish/s   pixel HTTP req/s   pixel stored/s   stored/bare   loaded p50     p99   p99.9     max"
+        "  round  bare publish/s  healthz req/s  pixel HTTP req/s   pixel stored/s   stored/bare   loaded p50     p99   p99.9     max"
     );
-    let (mut bares, mut https, mut ends) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut bare_cpu, mut pixel_cpu) = (Cpu::default(), Cpu::default());
+    let (mut bares, mut https, mut ends, mut ceilings) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut bare_cpu, mut pixel_cpu, mut ceiling_cpu) =
+        (Cpu::default(), Cpu::default(), Cpu::default());
     for round in 0..ROUNDS {
         let events: Vec<(String, Bytes)> = (0..BARE)
             .map(|i| pixel_event(&format!("bare-{round}-{i}")))
@@ -236,9 +238,16 @@ fn main() -> anyhow::Result<()> {
         expected += BARE as u64;
         stored(expected)?;
 
+        // The ceiling: the same HTTP stack and load generator with no handler work at all.
         let c0 = Cpu::now(nats_pid);
         let t0 = Instant::now();
-        let lat = client_rt.block_on(pixel_load(addr, Arc::new(pixel_req.clone())))?;
+        client_rt.block_on(http_load(addr, Arc::new(health_req.clone()), check_ok))?;
+        let ceiling = LOAD as f64 / t0.elapsed().as_secs_f64();
+        ceiling_cpu.add(Cpu::now(nats_pid).since(c0));
+
+        let c0 = Cpu::now(nats_pid);
+        let t0 = Instant::now();
+        let lat = client_rt.block_on(http_load(addr, Arc::new(pixel_req.clone()), check_gif))?;
         let http = t0.elapsed();
         expected += LOAD as u64;
         stored(expected)?;
@@ -250,9 +259,10 @@ fn main() -> anyhow::Result<()> {
             LOAD as f64 / end.as_secs_f64(),
         );
         println!(
-            "  {:>5}  {:>14.0}   {:>16.0}   {:>14.0}   {:>11.2}   {:>8}  {:>6}  {:>6}  {:>6}",
+            "  {:>5}  {:>14.0}  {:>13.0}   {:>16.0}   {:>14.0}   {:>11.2}   {:>8}  {:>6}  {:>6}  {:>6}",
             round + 1,
             bare,
+            ceiling,
             http,
             end,
             end / bare,
@@ -262,13 +272,16 @@ fn main() -> anyhow::Result<()> {
             us(lat.max)
         );
         bares.push(bare);
+        ceilings.push(ceiling);
         https.push(http);
         ends.push(end);
     }
     let (bare, http, end) = (median(bares), median(https), median(ends));
+    let ceiling = median(ceilings);
     println!(
-        "  median {:>13.0}   {:>16.0}   {:>14.0}   {:>11.2}",
+        "  median {:>13.0}  {:>13.0}   {:>16.0}   {:>14.0}   {:>11.2}",
         bare,
+        ceiling,
         http,
         end,
         end / bare
@@ -276,6 +289,11 @@ fn main() -> anyhow::Result<()> {
     println!(
         "  pixel requests/s end to end (HTTP, then JetStream acknowledged): {end:.0}; bare publish {bare:.0}/s; ratio {:.2} (goal: >= 30 000/s and >= 0.70)",
         end / bare
+    );
+    println!(
+        "  the HTTP ceiling (GET /healthz, no handler work, nothing published) / bare publish = {:.2}; pixel stored / that ceiling = {:.2}",
+        ceiling / bare,
+        end / ceiling
     );
     println!(
         "  bare publish awaiting each ack before the next: {one_by_one:.0}/s; pixel stored / that = {:.2}",
@@ -293,10 +311,27 @@ fn main() -> anyhow::Result<()> {
             pixel_cpu.waited as f64 / p / 1e3
         );
         println!(
+            "  on-CPU µs per GET /healthz (the ceiling): collector runtime {:.1}, load generator {:.1}, nats-server {:.1}",
+            ceiling_cpu.server as f64 / p / 1e3,
+            ceiling_cpu.generator as f64 / p / 1e3,
+            ceiling_cpu.nats as f64 / p / 1e3,
+        );
+        let bare_total = bare_cpu.total() as f64 / b / 1e3;
+        println!(
             "  on-CPU µs per bare-published event: publisher {:.1}, nats-server {:.1}, total {:.1}",
             bare_cpu.server as f64 / b / 1e3,
             bare_cpu.nats as f64 / b / 1e3,
-            bare_cpu.total() as f64 / b / 1e3
+            bare_total
+        );
+        // What 0.7 of the bare rate leaves for HTTP once publishing costs what the bare loop
+        // pays: the load generator's share and the collector's HTTP stack must fit in it.
+        let budget = cores as f64 * 1e6 / (0.7 * bare);
+        println!(
+            "  0.70 x bare = {:.0} req/s allows {budget:.1} µs of the {cores} cores per request; publishing as the bare loop does takes {bare_total:.1}, leaving {:.1} for the load generator and the HTTP server together (measured above: {:.1} + {:.1})",
+            0.7 * bare,
+            budget - bare_total,
+            ceiling_cpu.generator as f64 / p / 1e3,
+            ceiling_cpu.server as f64 / p / 1e3,
         );
     }
 
@@ -428,7 +463,12 @@ async fn bare_one_by_one(js: Context, events: Vec<(String, Bytes)>) -> anyhow::R
 }
 
 /// `LOAD` pixel requests over `CONNECTIONS` connections; the latency of each.
-async fn pixel_load(addr: SocketAddr, req: Arc<Vec<u8>>) -> anyhow::Result<Vec<u64>> {
+/// `LOAD` requests `req` over `CONNECTIONS` keep-alive connections, each answer checked.
+async fn http_load(
+    addr: SocketAddr,
+    req: Arc<Vec<u8>>,
+    check: fn(u16, &[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<u64>> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..CONNECTIONS {
@@ -440,7 +480,7 @@ async fn pixel_load(addr: SocketAddr, req: Arc<Vec<u8>>) -> anyhow::Result<Vec<u
                 let t = Instant::now();
                 let (status, body) = conn.exchange(&req).await?;
                 lat.push(t.elapsed().as_nanos() as u64);
-                check_gif(status, body)?;
+                check(status, body)?;
             }
             anyhow::Ok(lat)
         });
@@ -509,6 +549,14 @@ fn sdk_bodies(label: &str, n: usize) -> Vec<Vec<u8>> {
             req
         })
         .collect()
+}
+
+fn check_ok(status: u16, body: &[u8]) -> anyhow::Result<()> {
+    ensure!(
+        status == 200 && body == b"ok\n",
+        "/healthz answered {status}"
+    );
+    Ok(())
 }
 
 fn check_gif(status: u16, body: &[u8]) -> anyhow::Result<()> {
