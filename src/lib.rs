@@ -13,6 +13,12 @@
 //!   publishes events to NATS; [`consent`]: the reps' consent switches, enforced at every door.
 //! - [`gen`]: a seeded workload generator for tests, benches and the demo.
 
+/// mimalloc for every binary (touchstream, tests, benches): DataFusion allocates and frees
+/// batch-sized buffers on every kernel run, which glibc's allocator answers with `brk`/`munmap`
+/// and fresh page faults each time; see README "Benchmark figures".
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod collect;
 pub mod config;
 pub mod consent;
