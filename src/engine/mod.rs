@@ -409,13 +409,19 @@ impl Engine {
         };
         if late {
             self.counts.late[kind_ix(kind)] += 1;
+            // Decide first what was due before this event came, in the table it can change
+            // (a late hit cannot change an action's decision, nor an action that sends nothing
+            // an asset's): the other table's rows keep their decisions for the batch's end.
             let actions_wait = match (&self.actions, &resolved.what) {
                 (Some(log), What::Action { pair, .. }) => log.awaits_decision(pair.rep(), self.w),
                 _ => false,
             };
-            if actions_wait || self.assets.awaits_decision(&resolved.what, self.w) {
-                self.decide(now, out);
-            }
+            let assets_wait = self.assets.awaits_decision(
+                &resolved.what,
+                self.w,
+                self.rules.assets_use_context(),
+            );
+            self.decide_tables(now, assets_wait, actions_wait, out);
             self.apply(resolved, out);
         } else {
             self.reorder.push(resolved);
@@ -648,18 +654,40 @@ impl Engine {
 
     /// Runs the rules on changed rows and on rows whose timer the watermark reached.
     fn decide(&mut self, now: Millis, out: &mut Outputs) {
-        let dirty = self.assets.take_dirty();
-        let stamp = Stamp {
+        self.decide_tables(now, true, true, out);
+    }
+
+    /// `decide` for the chosen tables only.
+    fn decide_tables(&mut self, now: Millis, assets: bool, actions: bool, out: &mut Outputs) {
+        if assets {
+            self.decide_assets(now, out);
+        }
+        if actions {
+            self.decide_actions(now, out);
+        }
+    }
+
+    fn stamp(&self, now: Millis) -> Stamp {
+        Stamp {
             now: (self.mode == ClockMode::Live).then_some(now),
             watermark: self.w,
             complete: self.complete,
-        };
+        }
+    }
+
+    fn decide_assets(&mut self, now: Millis, out: &mut Outputs) {
+        let stamp = self.stamp(now);
+        let dirty = self.assets.take_dirty();
         if let Err(e) =
             self.rules
                 .evaluate_assets(dirty, &mut self.assets, &self.dir, stamp, &mut out.alerts)
         {
             tracing::error!(error = %e, "rule evaluation failed");
         }
+    }
+
+    fn decide_actions(&mut self, now: Millis, out: &mut Outputs) {
+        let stamp = self.stamp(now);
         if let Some(log) = &mut self.actions {
             let dirty = log.take_dirty();
             if let Err(e) =

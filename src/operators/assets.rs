@@ -268,15 +268,25 @@ impl AssetJoin {
 
     /// Whether a rule decision that the watermark `w` already allows is still pending on an
     /// asset this event would change: the engine then decides first, so that a late event
-    /// resolves an alert instead of silently preventing it (EVENTS.md §5).
-    pub fn awaits_decision(&self, what: &What, w: Millis) -> bool {
+    /// resolves an alert instead of silently preventing it (EVENTS.md §5). With `pair_wide`
+    /// (a rule reads the pair's other assets) an event changes every asset of its pair.
+    pub fn awaits_decision(&self, what: &What, w: Millis, pair_wide: bool) -> bool {
         let pending = |ix: &AssetIx| {
             self.asset(*ix)
                 .is_some_and(|a| a.dirty || a.decision_due < w)
         };
+        let pair_pending = |pair: &Pair| {
+            self.links
+                .get(pair)
+                .is_some_and(|l| l.assets.iter().any(pending))
+        };
         match what {
             What::PixelHit { asset_id, .. } | What::WebHit { asset_id, .. } => {
-                self.by_id.get(asset_id).is_some_and(pending)
+                match self.by_id.get(asset_id) {
+                    Some(ix) if pair_wide => self.asset(*ix).is_some_and(|a| pair_pending(&a.pair)),
+                    Some(ix) => pending(ix),
+                    None => false,
+                }
             }
             What::Action {
                 pair,
@@ -286,10 +296,11 @@ impl AssetJoin {
             | What::Approval {
                 pair,
                 contract: true,
-            } => self
-                .links
-                .get(pair)
-                .is_some_and(|l| l.assets.iter().any(pending)),
+            } => pair_pending(pair),
+            // A new asset changes the others only through a rule that reads them.
+            What::Action { pair, action, .. } if pair_wide && action.is_asset_send() => {
+                pair_pending(pair)
+            }
             _ => false,
         }
     }

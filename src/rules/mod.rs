@@ -292,6 +292,11 @@ impl RuleSet {
         self.len() == 0
     }
 
+    /// Whether an `assets` rule reads the pair's other assets (`pair_assets`).
+    pub fn assets_use_context(&self) -> bool {
+        self.assets.rules.iter().any(|r| r.uses_context)
+    }
+
     /// Whether a rule reads `actions` (the engine keeps the action log only then).
     pub fn reads_actions(&self) -> bool {
         !self.actions.rules.is_empty()
