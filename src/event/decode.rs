@@ -768,12 +768,42 @@ fn serde_rejection(raw: &[u8], e: &serde_json::Error) -> Rejection {
 /// Integer epoch milliseconds are a JSON number, not a string, and are handled by `decode`;
 /// this function rejects digit strings.
 pub fn parse_time(s: &str) -> Option<Millis> {
-    if !is_rfc3339(s.as_bytes()) {
+    let b = s.as_bytes();
+    if !is_rfc3339(b) {
         return None;
     }
-    chrono::DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.timestamp_millis())
+    // The grammar is checked: every position read below holds what it must.
+    let digit = |i: usize| i64::from(b[i] - b'0');
+    let two = |i: usize| digit(i) * 10 + digit(i + 1);
+    let days = days_from_civil(two(0) * 100 + two(2), two(5), two(8));
+    // A leap second (:60) is one second past :59, as chrono reads it.
+    let secs = days * 86_400 + two(11) * 3_600 + two(14) * 60 + two(17);
+    let (mut i, mut ms, mut scale) = (19, 0, 100);
+    if b[i] == b'.' {
+        i += 1;
+        while b[i].is_ascii_digit() {
+            ms += digit(i) * scale;
+            scale /= 10;
+            i += 1;
+        }
+    }
+    let offset = match b[i] {
+        b'+' => two(i + 1) * 3_600 + two(i + 4) * 60,
+        b'-' => -(two(i + 1) * 3_600 + two(i + 4) * 60),
+        _ => 0,
+    };
+    Some((secs - offset) * 1_000 + ms)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (the inverse of `civil_from_days`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// The same grammar as the schemas' time `pattern` (see `schemas/crm.action.json`, `$defs`).
@@ -1401,6 +1431,57 @@ mod tests {
         ] {
             assert_eq!(parse_time(bad), None, "{bad:?}");
         }
+    }
+
+    /// The hand-written reading agrees with chrono's RFC 3339 parser on every accepted string.
+    #[test]
+    fn parse_time_agrees_with_chrono() {
+        use rand::{RngExt as _, SeedableRng as _};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut checked = 0;
+        for _ in 0..200_000 {
+            let year = rng.random_range(0..=9999);
+            let month = rng.random_range(1..=12);
+            let day = rng.random_range(1..=31);
+            let (h, m, sec) = (
+                rng.random_range(0..=23),
+                rng.random_range(0..=59),
+                rng.random_range(0..=60),
+            );
+            let frac = match rng.random_range(0..4) {
+                0 => String::new(),
+                _ => {
+                    let n = rng.random_range(1..=12);
+                    let digits: String = (0..n)
+                        .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
+                        .collect();
+                    format!(".{digits}")
+                }
+            };
+            let zone = match rng.random_range(0..3) {
+                0 => "Z".to_owned(),
+                1 => format!(
+                    "+{:02}:{:02}",
+                    rng.random_range(0..=23),
+                    rng.random_range(0..=59)
+                ),
+                _ => format!(
+                    "-{:02}:{:02}",
+                    rng.random_range(0..=23),
+                    rng.random_range(0..=59)
+                ),
+            };
+            let s = format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{sec:02}{frac}{zone}");
+            let ours = parse_time(&s);
+            let chrono = chrono::DateTime::parse_from_rfc3339(&s)
+                .ok()
+                .map(|t| t.timestamp_millis());
+            if ours.is_some() {
+                assert_eq!(ours, chrono, "{s}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 150_000, "only {checked} strings were valid dates");
     }
 
     #[test]
