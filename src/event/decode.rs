@@ -523,10 +523,10 @@ pub fn decode(raw: &[u8]) -> Result<Event, Rejection> {
     }
     // The fast scan takes the common line; anything it declines goes through serde_json,
     // which also writes every error message.
-    let mut r: Raw<'_> = match fast::scan(raw) {
-        Some(r) => r,
-        None => serde_json::from_slice(raw).map_err(|e| serde_rejection(raw, &e))?,
-    };
+    let mut r = Raw::empty();
+    if fast::scan_into(raw, &mut r).is_none() {
+        r = serde_json::from_slice(raw).map_err(|e| serde_rejection(raw, &e))?;
+    }
 
     let check = Check { prefix: "event" };
     let kind_val = check.required("kind", r.kind.take())?;

@@ -9,11 +9,18 @@ use std::borrow::Cow;
 use super::{Raw, Val};
 
 /// `Raw` of `raw` when the line is plain; `None` sends it to serde_json.
+#[cfg(test)]
 pub(super) fn scan(raw: &[u8]) -> Option<Raw<'_>> {
+    let mut r = Raw::empty();
+    scan_into(raw, &mut r).map(|()| r)
+}
+
+/// Fills `r` (given empty) from `raw` when the line is plain; `None` sends it to serde_json,
+/// and `r` is then to be dropped. `Raw` is about a kilobyte: filled in place, never moved.
+pub(super) fn scan_into<'a>(raw: &'a [u8], r: &mut Raw<'a>) -> Option<()> {
     // One check up front lets every string below borrow without its own check.
     let text = std::str::from_utf8(raw).ok()?;
     let b = raw;
-    let mut r = Raw::empty();
     let mut i = ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;
@@ -45,7 +52,7 @@ pub(super) fn scan(raw: &[u8]) -> Option<Raw<'_>> {
             }
         }
     }
-    (ws(b, i) == b.len()).then_some(r)
+    (ws(b, i) == b.len()).then_some(())
 }
 
 /// The first index at or after `i` that is not JSON whitespace.
@@ -66,6 +73,23 @@ fn string(b: &[u8], i: usize) -> Option<(usize, usize)> {
     }
     let start = i + 1;
     let mut j = start;
+    // Eight bytes at a time: flag bytes that are `"`, `\` or below 0x20. Each bit trick flags
+    // its lowest hit exactly (a borrow only runs upwards from a hit), so the lowest flag of the
+    // three is a real one; flags above it are never read.
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    while let Some(chunk) = b.get(j..j + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().ok()?);
+        let hits = zero_byte(w ^ (ONES * u64::from(b'"')))
+            | zero_byte(w ^ (ONES * u64::from(b'\\')))
+            | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS);
+        if hits != 0 {
+            j += (hits.trailing_zeros() / 8) as usize;
+            return (b[j] == b'"').then_some((start, j));
+        }
+        j += 8;
+    }
     loop {
         match *b.get(j)? {
             b'"' => return Some((start, j)),
@@ -174,6 +198,23 @@ mod tests {
         }
         // Invalid UTF-8 anywhere.
         assert!(scan(b"{\"event_id\":\"\xff\"}").is_none());
+    }
+
+    /// Strings long enough for the eight-byte steps, with the stop byte at every offset.
+    #[test]
+    fn finds_the_end_and_refuses_escapes_at_every_offset() {
+        for len in 0..40 {
+            let body = "x".repeat(len);
+            let plain = format!(r#"{{"ua":"{body}é"}}"#);
+            assert!(agrees(&plain), "{plain}");
+            for bad in ["\\n", "\\\"", "\t", "\u{1f}"] {
+                let line = format!(r#"{{"ua":"{body}{bad}yz"}}"#);
+                assert!(scan(line.as_bytes()).is_none(), "the scan took {line:?}");
+            }
+            // Unterminated.
+            let open = format!(r#"{{"ua":"{body}"#);
+            assert!(scan(open.as_bytes()).is_none());
+        }
     }
 
     #[test]
