@@ -412,16 +412,7 @@ impl Engine {
             // Decide first what was due before this event came, in the table it can change
             // (a late hit cannot change an action's decision, nor an action that sends nothing
             // an asset's): the other table's rows keep their decisions for the batch's end.
-            let actions_wait = match (&self.actions, &resolved.what) {
-                (Some(log), What::Action { pair, .. }) => log.awaits_decision(pair.rep(), self.w),
-                _ => false,
-            };
-            let assets_wait = self.assets.awaits_decision(
-                &resolved.what,
-                self.w,
-                self.rules.assets_use_context(),
-            );
-            self.decide_tables(now, assets_wait, actions_wait, out);
+            self.decide_before_late(&resolved.what, now, out);
             self.apply(resolved, out);
         } else {
             self.reorder.push(resolved);
@@ -654,16 +645,46 @@ impl Engine {
 
     /// Runs the rules on changed rows and on rows whose timer the watermark reached.
     fn decide(&mut self, now: Millis, out: &mut Outputs) {
-        self.decide_tables(now, true, true, out);
+        self.decide_assets(now, out);
+        self.decide_actions(now, out);
     }
 
-    /// `decide` for the chosen tables only.
-    fn decide_tables(&mut self, now: Millis, assets: bool, actions: bool, out: &mut Outputs) {
-        if assets {
-            self.decide_assets(now, out);
+    /// Before a late event is applied: decides the rows it would change that the watermark
+    /// already allows, and only those (the rest keep their decisions for the batch's end).
+    fn decide_before_late(&mut self, what: &What, now: Millis, out: &mut Outputs) {
+        let stamp = self.stamp(now);
+        let rows = self
+            .assets
+            .awaiting_decision(what, self.w, self.rules.assets_use_context());
+        self.assets.clear_dirty(&rows);
+        let late = self.assets.late_of(&rows);
+        if !rows.is_empty()
+            && let Err(e) = self.rules.evaluate_assets(
+                (rows, late),
+                false,
+                &mut self.assets,
+                &self.dir,
+                stamp,
+                &mut out.alerts,
+            )
+        {
+            tracing::error!(error = %e, "rule evaluation failed");
         }
-        if actions {
-            self.decide_actions(now, out);
+        if let (Some(log), What::Action { pair, .. }) = (&mut self.actions, what) {
+            let rows = log.awaiting_decision(pair.rep(), self.w);
+            let late = log.late_of(pair.rep());
+            if !rows.is_empty()
+                && let Err(e) = self.rules.evaluate_actions(
+                    (rows, late),
+                    false,
+                    log,
+                    &self.dir,
+                    stamp,
+                    &mut out.alerts,
+                )
+            {
+                tracing::error!(error = %e, "rule evaluation failed");
+            }
         }
     }
 
@@ -678,10 +699,14 @@ impl Engine {
     fn decide_assets(&mut self, now: Millis, out: &mut Outputs) {
         let stamp = self.stamp(now);
         let dirty = self.assets.take_dirty();
-        if let Err(e) =
-            self.rules
-                .evaluate_assets(dirty, &mut self.assets, &self.dir, stamp, &mut out.alerts)
-        {
+        if let Err(e) = self.rules.evaluate_assets(
+            dirty,
+            true,
+            &mut self.assets,
+            &self.dir,
+            stamp,
+            &mut out.alerts,
+        ) {
             tracing::error!(error = %e, "rule evaluation failed");
         }
     }
@@ -692,7 +717,7 @@ impl Engine {
             let dirty = log.take_dirty();
             if let Err(e) =
                 self.rules
-                    .evaluate_actions(dirty, log, &self.dir, stamp, &mut out.alerts)
+                    .evaluate_actions(dirty, true, log, &self.dir, stamp, &mut out.alerts)
             {
                 tracing::error!(error = %e, "rule evaluation failed");
             }

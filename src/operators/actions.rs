@@ -81,13 +81,24 @@ impl ActionLog {
         self.by_rep.get(&rep).into_iter().flatten().copied()
     }
 
-    /// Whether a rule decision that the watermark `w` already allows is still pending on a row
-    /// of `rep`: the engine then decides first, before a late action of the rep joins them.
-    pub fn awaits_decision(&self, rep: RepIx, w: Millis) -> bool {
-        self.rows_of(rep).any(|ix| {
-            self.row(ix)
-                .is_some_and(|r| r.decision_due < w || self.dirty.contains(&ix))
-        })
+    /// The rows of `rep` whose rule decision the watermark `w` already allows but which are
+    /// still undecided: the engine decides them first, before a late action of the rep joins.
+    pub fn awaiting_decision(&self, rep: RepIx, w: Millis) -> Vec<ActionIx> {
+        self.rows_of(rep)
+            .filter(|ix| {
+                self.row(*ix)
+                    .is_some_and(|r| r.decision_due < w || self.dirty.contains(ix))
+            })
+            .collect()
+    }
+
+    /// The rows of `rep` added late this batch (they stay listed for the batch's end too).
+    pub fn late_of(&self, rep: RepIx) -> Vec<ActionIx> {
+        self.late
+            .iter()
+            .copied()
+            .filter(|ix| self.row(*ix).is_some_and(|r| r.pair.rep() == rep))
+            .collect()
     }
 
     /// Rows added since the last call, and those of them that arrived late.

@@ -183,6 +183,30 @@ impl AssetJoin {
         (dirty, std::mem::take(&mut self.late))
     }
 
+    /// The assets changed by late data this batch that share a pair with one of `rows` (they
+    /// stay listed for the batch's end too).
+    pub fn late_of(&self, rows: &[AssetIx]) -> Vec<AssetIx> {
+        let pairs: Vec<Pair> = rows
+            .iter()
+            .filter_map(|ix| self.asset(*ix).map(|a| a.pair))
+            .collect();
+        self.late
+            .iter()
+            .copied()
+            .filter(|ix| self.asset(*ix).is_some_and(|a| pairs.contains(&a.pair)))
+            .collect()
+    }
+
+    /// Marks `rows` decided on their present data: a later change marks them again (they may
+    /// stay listed as changed until the batch's end, where a second look decides the same).
+    pub fn clear_dirty(&mut self, rows: &[AssetIx]) {
+        for &ix in rows {
+            if let Some(Some(a)) = self.slab.get_mut(ix as usize) {
+                a.dirty = false;
+            }
+        }
+    }
+
     fn touch_asset(&mut self, ix: AssetIx, late_w: Option<Millis>) {
         if let Some(Some(a)) = self.slab.get_mut(ix as usize) {
             if let Some(w) = late_w {
@@ -266,26 +290,29 @@ impl AssetJoin {
         }
     }
 
-    /// Whether a rule decision that the watermark `w` already allows is still pending on an
-    /// asset this event would change: the engine then decides first, so that a late event
-    /// resolves an alert instead of silently preventing it (EVENTS.md §5). With `pair_wide`
-    /// (a rule reads the pair's other assets) an event changes every asset of its pair.
-    pub fn awaits_decision(&self, what: &What, w: Millis, pair_wide: bool) -> bool {
+    /// The assets whose rule decision the watermark `w` already allows but which are still
+    /// undecided (changed, or a timer due), among those this event would change: the engine
+    /// decides them first, so that a late event resolves an alert instead of silently
+    /// preventing it (EVENTS.md §5). With `pair_wide` (a rule reads the pair's other assets)
+    /// an event changes every asset of its pair.
+    pub fn awaiting_decision(&self, what: &What, w: Millis, pair_wide: bool) -> Vec<AssetIx> {
         let pending = |ix: &AssetIx| {
             self.asset(*ix)
                 .is_some_and(|a| a.dirty || a.decision_due < w)
         };
-        let pair_pending = |pair: &Pair| {
-            self.links
-                .get(pair)
-                .is_some_and(|l| l.assets.iter().any(pending))
+        let of_pair = |pair: &Pair| -> Vec<AssetIx> {
+            self.links.get(pair).map_or_else(Vec::new, |l| {
+                l.assets.iter().copied().filter(|ix| pending(ix)).collect()
+            })
         };
         match what {
             What::PixelHit { asset_id, .. } | What::WebHit { asset_id, .. } => {
                 match self.by_id.get(asset_id) {
-                    Some(ix) if pair_wide => self.asset(*ix).is_some_and(|a| pair_pending(&a.pair)),
-                    Some(ix) => pending(ix),
-                    None => false,
+                    Some(ix) if pair_wide => {
+                        self.asset(*ix).map_or_else(Vec::new, |a| of_pair(&a.pair))
+                    }
+                    Some(ix) if pending(ix) => vec![*ix],
+                    _ => Vec::new(),
                 }
             }
             What::Action {
@@ -296,12 +323,12 @@ impl AssetJoin {
             | What::Approval {
                 pair,
                 contract: true,
-            } => pair_pending(pair),
+            } => of_pair(pair),
             // A new asset changes the others only through a rule that reads them.
             What::Action { pair, action, .. } if pair_wide && action.is_asset_send() => {
-                pair_pending(pair)
+                of_pair(pair)
             }
-            _ => false,
+            _ => Vec::new(),
         }
     }
 

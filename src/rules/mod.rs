@@ -306,28 +306,34 @@ impl RuleSet {
         self.assets.timers.len() + self.actions.timers.len()
     }
 
-    /// Evaluates the `assets` rules; see `TableRules::evaluate`.
+    /// Evaluates the `assets` rules; see `TableRules::evaluate`. Without `due_timers`, only
+    /// the given rows and the context of the late ones: what a late event must find decided
+    /// before it is applied.
     pub fn evaluate_assets(
         &mut self,
         changed: (Vec<u32>, Vec<u32>),
+        due_timers: bool,
         assets: &mut AssetJoin,
         dir: &Directory,
         stamp: Stamp,
         out: &mut Vec<Alert>,
     ) -> datafusion::error::Result<()> {
-        self.assets.evaluate(changed, assets, dir, stamp, out)
+        self.assets
+            .evaluate(changed, due_timers, assets, dir, stamp, out)
     }
 
-    /// Evaluates the `actions` rules; see `TableRules::evaluate`.
+    /// `evaluate_assets` for the `actions` rules.
     pub fn evaluate_actions(
         &mut self,
         changed: (Vec<u32>, Vec<u32>),
+        due_timers: bool,
         actions: &mut ActionLog,
         dir: &Directory,
         stamp: Stamp,
         out: &mut Vec<Alert>,
     ) -> datafusion::error::Result<()> {
-        self.actions.evaluate(changed, actions, dir, stamp, out)
+        self.actions
+            .evaluate(changed, due_timers, actions, dir, stamp, out)
     }
 }
 
@@ -339,6 +345,7 @@ impl TableRules {
     fn evaluate<T: RuleTable>(
         &mut self,
         (changed, late): (Vec<u32>, Vec<u32>),
+        due_timers: bool,
         table: &mut T,
         dir: &Directory,
         stamp: Stamp,
@@ -349,7 +356,7 @@ impl TableRules {
         }
         let mut rows = changed;
         let horizon = stamp.watermark.saturating_add(stamp.complete as Millis);
-        while let Some((_, ix)) = self.timers.pop_due(horizon) {
+        while due_timers && let Some((_, ix)) = self.timers.pop_due(horizon) {
             rows.push(ix);
         }
         // Late data in a group makes its rows' new decisions late too: a context rule that
