@@ -462,7 +462,6 @@ async fn bare_one_by_one(js: Context, events: Vec<(String, Bytes)>) -> anyhow::R
     Ok(())
 }
 
-/// `LOAD` pixel requests over `CONNECTIONS` connections; the latency of each.
 /// `LOAD` requests `req` over `CONNECTIONS` keep-alive connections, each answer checked.
 async fn http_load(
     addr: SocketAddr,

@@ -128,6 +128,13 @@ fn id_hash(id: &str) -> u64 {
     foldhash::quality::FixedState::with_seed(0x746f_7563_6873_7472).hash_one(id)
 }
 
+/// A rule evaluation failure is a bug, not bad input: loud, but the engine keeps running.
+fn report(done: datafusion::error::Result<()>) {
+    if let Err(e) = done {
+        tracing::error!(error = %e, "rule evaluation failed");
+    }
+}
+
 fn kind_ix(k: Kind) -> usize {
     k as usize
 }
@@ -409,9 +416,6 @@ impl Engine {
         };
         if late {
             self.counts.late[kind_ix(kind)] += 1;
-            // Decide first what was due before this event came, in the table it can change
-            // (a late hit cannot change an action's decision, nor an action that sends nothing
-            // an asset's): the other table's rows keep their decisions for the batch's end.
             self.decide_before_late(&resolved.what, now, out);
             self.apply(resolved, out);
         } else {
@@ -653,37 +657,33 @@ impl Engine {
     /// already allows, and only those (the rest keep their decisions for the batch's end).
     fn decide_before_late(&mut self, what: &What, now: Millis, out: &mut Outputs) {
         let stamp = self.stamp(now);
-        let rows = self
-            .assets
-            .awaiting_decision(what, self.w, self.rules.assets_use_context());
-        self.assets.clear_dirty(&rows);
-        let late = self.assets.late_of(&rows);
-        if !rows.is_empty()
-            && let Err(e) = self.rules.evaluate_assets(
+        let (pair_wide, w) = (self.rules.assets_use_context(), self.w);
+        if let Some((pair, rows)) = self.assets.awaiting_decision(what, w, pair_wide) {
+            self.assets.clear_dirty(&rows);
+            let late = self.assets.late_of(pair);
+            let done = self.rules.evaluate_assets(
                 (rows, late),
                 false,
                 &mut self.assets,
                 &self.dir,
                 stamp,
                 &mut out.alerts,
-            )
-        {
-            tracing::error!(error = %e, "rule evaluation failed");
+            );
+            report(done);
         }
         if let (Some(log), What::Action { pair, .. }) = (&mut self.actions, what) {
-            let rows = log.awaiting_decision(pair.rep(), self.w);
-            let late = log.late_of(pair.rep());
-            if !rows.is_empty()
-                && let Err(e) = self.rules.evaluate_actions(
+            let rows = log.awaiting_decision(pair.rep(), w);
+            if !rows.is_empty() {
+                let late = log.late_of(pair.rep());
+                let done = self.rules.evaluate_actions(
                     (rows, late),
                     false,
                     log,
                     &self.dir,
                     stamp,
                     &mut out.alerts,
-                )
-            {
-                tracing::error!(error = %e, "rule evaluation failed");
+                );
+                report(done);
             }
         }
     }
@@ -699,28 +699,29 @@ impl Engine {
     fn decide_assets(&mut self, now: Millis, out: &mut Outputs) {
         let stamp = self.stamp(now);
         let dirty = self.assets.take_dirty();
-        if let Err(e) = self.rules.evaluate_assets(
+        let done = self.rules.evaluate_assets(
             dirty,
             true,
             &mut self.assets,
             &self.dir,
             stamp,
             &mut out.alerts,
-        ) {
-            tracing::error!(error = %e, "rule evaluation failed");
-        }
+        );
+        report(done);
     }
 
     fn decide_actions(&mut self, now: Millis, out: &mut Outputs) {
         let stamp = self.stamp(now);
         if let Some(log) = &mut self.actions {
             let dirty = log.take_dirty();
-            if let Err(e) =
-                self.rules
-                    .evaluate_actions(dirty, true, log, &self.dir, stamp, &mut out.alerts)
-            {
-                tracing::error!(error = %e, "rule evaluation failed");
-            }
+            report(self.rules.evaluate_actions(
+                dirty,
+                true,
+                log,
+                &self.dir,
+                stamp,
+                &mut out.alerts,
+            ));
         }
     }
 

@@ -183,17 +183,13 @@ impl AssetJoin {
         (dirty, std::mem::take(&mut self.late))
     }
 
-    /// The assets changed by late data this batch that share a pair with one of `rows` (they
-    /// stay listed for the batch's end too).
-    pub fn late_of(&self, rows: &[AssetIx]) -> Vec<AssetIx> {
-        let pairs: Vec<Pair> = rows
-            .iter()
-            .filter_map(|ix| self.asset(*ix).map(|a| a.pair))
-            .collect();
+    /// The assets of `pair` changed by late data this batch (they stay listed for the batch's
+    /// end too).
+    pub fn late_of(&self, pair: Pair) -> Vec<AssetIx> {
         self.late
             .iter()
             .copied()
-            .filter(|ix| self.asset(*ix).is_some_and(|a| pairs.contains(&a.pair)))
+            .filter(|ix| self.asset(*ix).is_some_and(|a| a.pair == pair))
             .collect()
     }
 
@@ -291,28 +287,40 @@ impl AssetJoin {
     }
 
     /// The assets whose rule decision the watermark `w` already allows but which are still
-    /// undecided (changed, or a timer due), among those this event would change: the engine
-    /// decides them first, so that a late event resolves an alert instead of silently
-    /// preventing it (EVENTS.md §5). With `pair_wide` (a rule reads the pair's other assets)
-    /// an event changes every asset of its pair.
-    pub fn awaiting_decision(&self, what: &What, w: Millis, pair_wide: bool) -> Vec<AssetIx> {
+    /// undecided (changed, or a timer due), among those this event would change, with their
+    /// pair (all are of one pair); `None` when there are none. The engine decides them first,
+    /// so that a late event resolves an alert instead of silently preventing it (EVENTS.md §5).
+    /// With `pair_wide` (a rule reads the pair's other assets) an event changes every asset of
+    /// its pair.
+    pub fn awaiting_decision(
+        &self,
+        what: &What,
+        w: Millis,
+        pair_wide: bool,
+    ) -> Option<(Pair, Vec<AssetIx>)> {
         let pending = |ix: &AssetIx| {
             self.asset(*ix)
                 .is_some_and(|a| a.dirty || a.decision_due < w)
         };
-        let of_pair = |pair: &Pair| -> Vec<AssetIx> {
-            self.links.get(pair).map_or_else(Vec::new, |l| {
-                l.assets.iter().copied().filter(|ix| pending(ix)).collect()
-            })
+        let of_pair = |pair: Pair| {
+            let rows: Vec<AssetIx> = self
+                .links
+                .get(&pair)?
+                .assets
+                .iter()
+                .copied()
+                .filter(|ix| pending(ix))
+                .collect();
+            (!rows.is_empty()).then_some((pair, rows))
         };
         match what {
             What::PixelHit { asset_id, .. } | What::WebHit { asset_id, .. } => {
-                match self.by_id.get(asset_id) {
-                    Some(ix) if pair_wide => {
-                        self.asset(*ix).map_or_else(Vec::new, |a| of_pair(&a.pair))
-                    }
-                    Some(ix) if pending(ix) => vec![*ix],
-                    _ => Vec::new(),
+                let ix = *self.by_id.get(asset_id)?;
+                let pair = self.asset(ix)?.pair;
+                if pair_wide {
+                    of_pair(pair)
+                } else {
+                    pending(&ix).then(|| (pair, vec![ix]))
                 }
             }
             What::Action {
@@ -323,12 +331,12 @@ impl AssetJoin {
             | What::Approval {
                 pair,
                 contract: true,
-            } => of_pair(pair),
+            } => of_pair(*pair),
             // A new asset changes the others only through a rule that reads them.
             What::Action { pair, action, .. } if pair_wide && action.is_asset_send() => {
-                of_pair(pair)
+                of_pair(*pair)
             }
-            _ => Vec::new(),
+            _ => None,
         }
     }
 
