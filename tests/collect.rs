@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail};
 use async_nats::jetstream::Context;
 use serde_json::{Value, json};
+use support::http::{Resp, dechunk, parse_head};
 use support::{NatsServer, Stored, connect, now_ms, read_stream, rfc3339, wait_for};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use touchstream::collect::server::{self, ConsentCheck};
@@ -148,35 +149,6 @@ impl Drop for Collector {
     }
 }
 
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "response is not JSON ({e}): {}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
 /// One HTTP/1.1 exchange over a fresh connection (`Connection: close`), optionally from a
 /// given loopback source address. `body: None` sends no body; `Some` sends it with a
 /// `Content-Length` unless the headers ask for chunked transfer.
@@ -246,55 +218,12 @@ async fn exchange(
         read.context("reading the response")?;
         bail!("empty response");
     }
-    parse_response(&buf)
-}
-
-fn parse_response(buf: &[u8]) -> anyhow::Result<Resp> {
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("no end of headers in {:?}", String::from_utf8_lossy(buf)))?;
-    let head = std::str::from_utf8(&buf[..end])?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let mut body = buf[end + 4..].to_vec();
-    if headers
-        .iter()
-        .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
-    {
-        body = dechunk(&body)?;
+    let mut resp = parse_head(&buf)?
+        .ok_or_else(|| anyhow!("no end of headers in {:?}", String::from_utf8_lossy(&buf)))?;
+    if resp.chunked() {
+        resp.body = dechunk(&resp.body)?;
     }
-    Ok(Resp {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut b: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = b
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| anyhow!("bad chunk"))?;
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..line_end])?.trim(), 16)?;
-        b = &b[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(&b[..size]);
-        b = &b[size + 2..];
-    }
+    Ok(resp)
 }
 
 fn enc(s: &str) -> String {
@@ -740,7 +669,7 @@ async fn a_website_beacon_becomes_a_web_hit() -> anyhow::Result<()> {
     ] {
         let r = c.post("/v1/web", &[], bad).await?;
         assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(bad));
-        assert!(r.json()["error"].is_string());
+        assert!(r.json()?["error"].is_string());
     }
 
     barrier(&c, &js).await?;
@@ -808,7 +737,7 @@ async fn sdk_batches_get_a_result_per_event_after_the_acks() -> anyhow::Result<(
         )
         .await?;
     assert_eq!(r.status, 200, "{}", r.text());
-    let v = r.json();
+    let v = r.json()?;
     assert_eq!(v["accepted"], 2, "{v}");
     assert_eq!(v["rejected"], 2, "{v}");
     let results = v["results"].as_array().expect("results");
@@ -856,7 +785,7 @@ async fn sdk_batches_get_a_result_per_event_after_the_acks() -> anyhow::Result<(
         )
         .await?;
     assert_eq!(r.status, 200, "{}", r.text());
-    let v = r.json();
+    let v = r.json()?;
     assert_eq!(v["accepted"], 2, "{v}");
     assert_eq!(v["rejected"], 1, "{v}");
     assert_eq!(v["results"][1]["reason"], "invalid_json", "{v}");
@@ -864,7 +793,7 @@ async fn sdk_batches_get_a_result_per_event_after_the_acks() -> anyhow::Result<(
     // Sending a batch again (a client retry) is answered the same and stored once.
     let r = c.post("/v1/events", &[], array.as_bytes()).await?;
     assert_eq!(r.status, 200);
-    assert_eq!(r.json()["accepted"], 2);
+    assert_eq!(r.json()?["accepted"], 2);
     let stored = read_stream(&js, "TOUCH_IN").await?;
     let ids: Vec<String> = stored.iter().filter_map(|m| m.msg_id.clone()).collect();
     assert_eq!(ids, ["sdk-1", "sdk-2", "sdk-3", "sdk-4"]);
@@ -902,7 +831,7 @@ async fn oversized_and_malformed_batches_are_refused_whole() -> anyhow::Result<(
     ] {
         let r = c.post("/v1/events", &headers, body).await?;
         assert_eq!(r.status, 413, "{what}: {}", r.text());
-        let msg = r.json()["error"].as_str().unwrap_or_default().to_string();
+        let msg = r.json()?["error"].as_str().unwrap_or_default().to_string();
         assert!(
             msg.contains("4096") && msg.contains("max_body_bytes"),
             "{what}: {msg}"
@@ -915,7 +844,7 @@ async fn oversized_and_malformed_batches_are_refused_whole() -> anyhow::Result<(
     assert!(many.len() < 4096);
     let r = c.post("/v1/events", &[], many.as_bytes()).await?;
     assert_eq!(r.status, 413, "{}", r.text());
-    let msg = r.json()["error"].as_str().unwrap_or_default().to_string();
+    let msg = r.json()?["error"].as_str().unwrap_or_default().to_string();
     assert!(
         msg.contains("10") && msg.contains("max_batch_events"),
         "{msg}"
@@ -929,7 +858,7 @@ async fn oversized_and_malformed_batches_are_refused_whole() -> anyhow::Result<(
     ] {
         let r = c.post("/v1/events", &[], body).await?;
         assert_eq!(r.status, 400, "{what}: {}", r.text());
-        assert!(r.json()["error"].is_string(), "{what}");
+        assert!(r.json()?["error"].is_string(), "{what}");
     }
     // Nothing of any of it was stored.
     let input = barrier(&c, &js).await?;
@@ -950,7 +879,7 @@ async fn events_a_rep_switched_off_are_dropped_at_the_door() -> anyhow::Result<(
     let batch = format!("[{}, {}]", wecom_message("chat-1"), quote_sent("crm-1"));
     let r = c.post("/v1/events", &[], batch.as_bytes()).await?;
     assert_eq!(r.status, 200, "{}", r.text());
-    let v = r.json();
+    let v = r.json()?;
     assert_eq!(v["accepted"], 1, "{v}");
     assert_eq!(v["results"][0]["status"], "rejected");
     assert_eq!(v["results"][0]["reason"], "consent");
@@ -1005,7 +934,7 @@ async fn assets_are_minted_for_the_holder_of_the_key() -> anyhow::Result<()> {
         .post("/v1/assets", &[("Authorization", &bearer)], body.as_bytes())
         .await?;
     assert_eq!(r.status, 200, "{}", r.text());
-    let v = r.json();
+    let v = r.json()?;
     let token = v["token"].as_str().expect("token").to_string();
     let verified = Keys::new(&[key("k1", SECRET)])
         .unwrap()
@@ -1072,7 +1001,7 @@ async fn assets_are_minted_for_the_holder_of_the_key() -> anyhow::Result<()> {
             )
             .await?;
         assert_eq!(r.status, 400, "{bad}: {}", r.text());
-        assert!(r.json()["error"].is_string());
+        assert!(r.json()?["error"].is_string());
     }
     Ok(())
 }
@@ -1090,7 +1019,7 @@ async fn while_nats_is_away_hits_are_buffered_and_batches_refused() -> anyhow::R
     let before = format!("[{}, {}]", quote_sent("pre-1"), quote_sent("pre-2"));
     let r = a.post("/v1/events", &[], before.as_bytes()).await?;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["accepted"], 2);
+    assert_eq!(r.json()?["accepted"], 2);
 
     nats.stop();
     // Pixels never wait for NATS.
@@ -1125,7 +1054,7 @@ async fn while_nats_is_away_hits_are_buffered_and_batches_refused() -> anyhow::R
         .and_then(|s| s.parse().ok())
         .expect("a Retry-After in seconds");
     assert!(retry >= 1);
-    let v = r.json();
+    let v = r.json()?;
     assert!(
         v.get("results").is_none() && v.get("accepted").is_none(),
         "{v}"
@@ -1164,7 +1093,7 @@ async fn while_nats_is_away_hits_are_buffered_and_batches_refused() -> anyhow::R
         (r.status == 200).then_some(r)
     })
     .await?;
-    assert_eq!(r.json()["accepted"], 2);
+    assert_eq!(r.json()?["accepted"], 2);
 
     // Settle `b`, then count: exactly three of its six hits, and no accepted event lost.
     barrier(&b, &js).await?;

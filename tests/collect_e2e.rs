@@ -24,6 +24,7 @@ use touchstream::collect::KeySpec;
 use touchstream::collect::server;
 use touchstream::collect::token::{Claims, Keys};
 
+use support::http::{Resp, dechunk, parse_head};
 use support::{
     Fixture, InProcessRun, NatsServer, Stored, connect, free_addr, now_ms, read_stream, rfc3339,
     wait_for, wait_input_stream,
@@ -55,31 +56,6 @@ const CURL_UA: &str = "curl/8.5.0";
 // ---------------------------------------------------------------------------------------------
 // HTTP on loopback, over a raw socket: what is checked is exactly what goes over the wire.
 
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn json(&self) -> anyhow::Result<Value> {
-        serde_json::from_slice(&self.body)
-            .with_context(|| format!("response is not JSON: {}", self.text()))
-    }
-}
-
 /// Writes `request` on a fresh connection and reads one response: the head, then
 /// `Content-Length` bytes (the connection may stay open, as with curl's keep-alive), a chunked
 /// body, or everything up to the close.
@@ -91,9 +67,9 @@ async fn exchange(addr: SocketAddr, request: Vec<u8>) -> anyhow::Result<Resp> {
         s.write_all(&request).await?;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
-        let head_end = loop {
-            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p;
+        let mut resp = loop {
+            if let Some(resp) = parse_head(&buf)? {
+                break resp;
             }
             let n = s.read(&mut chunk).await?;
             if n == 0 {
@@ -104,31 +80,13 @@ async fn exchange(addr: SocketAddr, request: Vec<u8>) -> anyhow::Result<Resp> {
             }
             buf.extend_from_slice(&chunk[..n]);
         };
-        let head = std::str::from_utf8(&buf[..head_end])?.to_string();
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        if !status_line.starts_with("HTTP/1.1 ") {
-            bail!("not an HTTP/1.1 answer: {status_line:?}");
-        }
-        let status: u16 = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-            .collect();
-        let mut body = buf[head_end + 4..].to_vec();
-        let length = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-            .map(|(_, v)| v.parse::<usize>())
+        let length = resp
+            .header("content-length")
+            .map(str::parse::<usize>)
             .transpose()
             .context("Content-Length")?;
-        let chunked = headers
-            .iter()
-            .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+        let chunked = resp.chunked();
+        let mut body = std::mem::take(&mut resp.body);
         match length {
             Some(len) => {
                 while body.len() < len {
@@ -149,31 +107,11 @@ async fn exchange(addr: SocketAddr, request: Vec<u8>) -> anyhow::Result<Resp> {
                 }
             }
         }
-        Ok(Resp {
-            status,
-            headers,
-            body,
-        })
+        resp.body = body;
+        Ok(resp)
     })
     .await
     .map_err(|_| anyhow!("no answer from {addr} within {HTTP_TIMEOUT:?}"))?
-}
-
-fn dechunk(mut b: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = b
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| anyhow!("bad chunk"))?;
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..line_end])?.trim(), 16)?;
-        b = &b[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(b.get(..size).ok_or_else(|| anyhow!("short chunk"))?);
-        b = b.get(size + 2..).ok_or_else(|| anyhow!("short chunk"))?;
-    }
 }
 
 /// A GET exactly as `curl http://ADDR/PATH` sends it (keep-alive, no `Connection: close`).

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod alertmanager;
+pub mod http;
 pub mod prometheus;
 
 use std::collections::HashMap;
