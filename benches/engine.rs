@@ -120,6 +120,10 @@ fn perf_control(command: &str) {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As `touchstream` does at start: before the workload is generated, not only at
+    // `Engine::new`, so that the memory freed by setup is not returned to the OS and faulted
+    // back during the timed part.
+    touchstream::tune_allocator();
     let sizes: Vec<usize> = std::env::var("TOUCHSTREAM_BENCH_PAIRS")
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())

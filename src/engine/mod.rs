@@ -141,6 +141,7 @@ fn kind_ix(k: Kind) -> usize {
 
 impl Engine {
     pub fn new(p: Arc<Pipeline>, dir: Arc<Directory>, mode: ClockMode) -> anyhow::Result<Engine> {
+        crate::tune_allocator();
         let rules = rules::compile(&p).map_err(|problems| {
             anyhow::Error::new(crate::config::ConfigErrors {
                 file: p.file.clone(),
