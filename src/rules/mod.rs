@@ -432,6 +432,7 @@ impl TableRules {
             let (row_col, due_col, fire_col) = (rule.row_col, rule.due_col, rule.fire_col);
             let results = rule.kernel.run_with(vec![rows_batch, context])?;
             for res in &results {
+                let evidence = EvidenceColumns::of(res, &rule.evidence_cols);
                 let ixs = res.column(row_col).as_primitive::<UInt32Type>();
                 let due = millis(res.column(due_col))?;
                 let fire = res.column(fire_col).as_boolean();
@@ -449,7 +450,6 @@ impl TableRules {
                     }
                     *row.state().1 = Millis::MAX;
                     let firing = !fire.is_null(i) && fire.value(i);
-                    let extra = evidence_columns(res, &rule.evidence_cols, i);
                     let n = self.rules.len();
                     let group_late = rule
                         .uses_context
@@ -460,7 +460,7 @@ impl TableRules {
                         due_at,
                         firing,
                         late_w,
-                        extra,
+                        extra: &|| evidence.row(i),
                     };
                     decide(&rule.spec, r, n, row, d, dir, stamp, out);
                 }
@@ -479,13 +479,13 @@ fn wait<R: RuleRow>(timers: &mut LazyTimers<u32>, row: &mut R, ix: u32, due_at: 
 }
 
 /// One rule's verdict on one row.
-struct Decision {
+struct Decision<'a> {
     due_at: Millis,
     firing: bool,
     /// The latest watermark at which late data changed what the verdict reads.
     late_w: Option<Millis>,
-    /// A query rule's extra columns.
-    extra: Map<String, Value>,
+    /// A query rule's extra columns, read only when an alert is published.
+    extra: &'a dyn Fn() -> Map<String, Value>,
 }
 
 /// Applies one decision of rule `r` (of `n` on the table) to a row's alert state.
@@ -524,7 +524,7 @@ fn decide<R: RuleRow>(
             };
             alerts[r] = Some(mark);
             let mut ev = row.evidence(due_at);
-            ev.extend(extra);
+            ev.extend(extra());
             out.push(alert(spec, row, mark, ev, dir));
         }
         (Some(m), false) if m.status == AlertStatus::Firing => {
@@ -537,7 +537,7 @@ fn decide<R: RuleRow>(
             };
             alerts[r] = Some(mark);
             let mut ev = row.evidence(m.due_at);
-            ev.extend(extra);
+            ev.extend(extra());
             ev.insert("resolved_at".into(), json!(format_time(resolved_at)));
             ev.insert("resolved_by".into(), row.resolved_by());
             out.push(alert(spec, row, mark, ev, dir));
@@ -581,39 +581,61 @@ fn millis(
         .clone())
 }
 
-/// A query rule's extra columns for one output row, as evidence (times in RFC 3339).
-fn evidence_columns(
-    res: &datafusion::arrow::record_batch::RecordBatch,
-    cols: &[(usize, String)],
-    i: usize,
-) -> Map<String, Value> {
-    use datafusion::arrow::datatypes::{Float64Type, Int64Type, UInt64Type};
-    let mut m = Map::new();
-    for (c, name) in cols {
-        let col = res.column(*c);
-        let v = if col.is_null(i) {
-            Value::Null
-        } else {
-            match col.data_type() {
-                DataType::Int64 => json!(col.as_primitive::<Int64Type>().value(i)),
-                DataType::UInt64 => json!(col.as_primitive::<UInt64Type>().value(i)),
-                DataType::Float64 => json!(col.as_primitive::<Float64Type>().value(i)),
-                DataType::Boolean => json!(col.as_boolean().value(i)),
-                DataType::Timestamp(_, _) => {
-                    match cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None))
-                        .and_then(|c| cast(&c, &DataType::Int64))
-                    {
-                        Ok(ms) => json!(format_time(ms.as_primitive::<Int64Type>().value(i))),
-                        Err(_) => Value::Null,
+/// A query rule's extra columns of one result batch, read row by row into evidence (times in
+/// RFC 3339). Timestamps are cast to epoch milliseconds once per batch, not once per row.
+struct EvidenceColumns<'a> {
+    cols: Vec<(&'a str, datafusion::arrow::array::ArrayRef)>,
+}
+
+impl<'a> EvidenceColumns<'a> {
+    fn of(res: &datafusion::arrow::record_batch::RecordBatch, cols: &'a [(usize, String)]) -> Self {
+        let cols = cols
+            .iter()
+            .map(|(c, name)| {
+                let col = res.column(*c).clone();
+                let col = match col.data_type() {
+                    DataType::Timestamp(_, _) => {
+                        match cast(&col, &DataType::Timestamp(TimeUnit::Millisecond, None)) {
+                            Ok(ms) => ms,
+                            Err(_) => datafusion::arrow::array::new_null_array(
+                                &DataType::Timestamp(TimeUnit::Millisecond, None),
+                                col.len(),
+                            ),
+                        }
                     }
-                }
-                _ => datafusion::arrow::util::display::array_value_to_string(col, i)
-                    .map_or(Value::Null, Value::String),
-            }
-        };
-        m.insert(name.clone(), v);
+                    _ => col,
+                };
+                (name.as_str(), col)
+            })
+            .collect();
+        EvidenceColumns { cols }
     }
-    m
+
+    fn row(&self, i: usize) -> Map<String, Value> {
+        use datafusion::arrow::datatypes::{
+            Float64Type, Int64Type, TimestampMillisecondType, UInt64Type,
+        };
+        let mut m = Map::new();
+        for (name, col) in &self.cols {
+            let v = if col.is_null(i) {
+                Value::Null
+            } else {
+                match col.data_type() {
+                    DataType::Int64 => json!(col.as_primitive::<Int64Type>().value(i)),
+                    DataType::UInt64 => json!(col.as_primitive::<UInt64Type>().value(i)),
+                    DataType::Float64 => json!(col.as_primitive::<Float64Type>().value(i)),
+                    DataType::Boolean => json!(col.as_boolean().value(i)),
+                    DataType::Timestamp(_, _) => json!(format_time(
+                        col.as_primitive::<TimestampMillisecondType>().value(i)
+                    )),
+                    _ => datafusion::arrow::util::display::array_value_to_string(col, i)
+                        .map_or(Value::Null, Value::String),
+                }
+            };
+            m.insert(name.to_string(), v);
+        }
+        m
+    }
 }
 
 #[cfg(test)]
