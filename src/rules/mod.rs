@@ -654,7 +654,26 @@ mod tests {
     fn the_default_rules_plan() {
         let dir = tempfile::tempdir().expect("tmp");
         let p = pipeline(&default_text(), dir.path());
-        assert_eq!(compile(&p).expect("plans").len(), 3);
+        let rules = compile(&p).expect("plans");
+        assert_eq!(rules.len(), 3);
+        // Filters, `due_at` and `fire_when` run as expressions on the rows; the two query
+        // rules' joins and aggregates run as plans.
+        let kernels: Vec<(&str, bool, Option<bool>)> = [&rules.assets, &rules.actions]
+            .iter()
+            .flat_map(|t| t.rules.iter())
+            .map(|r| {
+                let due = r.due_kernel.as_ref().map(Kernel::is_direct);
+                (r.spec.name.as_str(), r.kernel.is_direct(), due)
+            })
+            .collect();
+        assert_eq!(
+            kernels,
+            [
+                ("quote_hot_no_contract", true, None),
+                ("ghost_followup", false, Some(true)),
+                ("impossible_visits", false, Some(true)),
+            ]
+        );
     }
 
     #[test]
