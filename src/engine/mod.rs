@@ -3,6 +3,7 @@
 //! Live runs and replays drive the same engine; only the clock and the source differ
 //! (`ClockMode`). Nothing here reads the system clock: callers pass `now`.
 
+pub mod idset;
 pub mod kernel;
 pub mod output;
 pub mod reorder;
@@ -91,7 +92,7 @@ pub struct Engine {
     max_seen: Option<Millis>,
     w: Millis,
     reorder: ReorderBuffer,
-    dedup: HashSet<u64>,
+    dedup: idset::IdSet,
     /// Remembered ids in arrival order with their expiry. Arrival is nearly effective-time
     /// order, so a FIFO expires them with no heap; disorder only keeps an id a little longer.
     dedup_expiry: VecDeque<(Millis, u64)>,
@@ -165,7 +166,7 @@ impl Engine {
             max_seen: None,
             w: Millis::MIN,
             reorder: ReorderBuffer::default(),
-            dedup: HashSet::default(),
+            dedup: idset::IdSet::default(),
             dedup_expiry: VecDeque::new(),
             touches: Vec::new(),
             consent_off: None,
@@ -529,7 +530,7 @@ impl Engine {
             && at <= w
         {
             self.dedup_expiry.pop_front();
-            self.dedup.remove(&h);
+            self.dedup.remove(h);
         }
     }
 
