@@ -196,12 +196,7 @@ impl Kernel {
             return Ok(Vec::new());
         }
         if let Some(direct) = &self.direct {
-            let first = inputs.into_iter().next();
-            return Ok(first
-                .map(|b| direct.run(b))
-                .transpose()?
-                .into_iter()
-                .collect());
+            return inputs.into_iter().take(1).map(|b| direct.run(b)).collect();
         }
         self.run_plan(inputs)
     }

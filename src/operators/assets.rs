@@ -175,11 +175,7 @@ impl AssetJoin {
     /// that late data changed.
     pub fn take_dirty(&mut self) -> (Vec<AssetIx>, Vec<AssetIx>) {
         let dirty = std::mem::take(&mut self.dirty);
-        for &ix in &dirty {
-            if let Some(Some(a)) = self.slab.get_mut(ix as usize) {
-                a.dirty = false;
-            }
-        }
+        self.clear_dirty(&dirty);
         (dirty, std::mem::take(&mut self.late))
     }
 

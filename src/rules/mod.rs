@@ -582,9 +582,15 @@ fn millis(
 }
 
 /// A query rule's extra columns of one result batch, read row by row into evidence (times in
-/// RFC 3339). Timestamps are cast to epoch milliseconds once per batch, not once per row.
+/// RFC 3339). Timestamps are read as epoch milliseconds (`millis`) once per batch, not per row.
 struct EvidenceColumns<'a> {
-    cols: Vec<(&'a str, datafusion::arrow::array::ArrayRef)>,
+    cols: Vec<(&'a str, Column)>,
+}
+
+enum Column {
+    /// A time column in epoch milliseconds (`None`: it could not be read; all null).
+    Time(Option<datafusion::arrow::array::Int64Array>),
+    Other(datafusion::arrow::array::ArrayRef),
 }
 
 impl<'a> EvidenceColumns<'a> {
@@ -592,18 +598,10 @@ impl<'a> EvidenceColumns<'a> {
         let cols = cols
             .iter()
             .map(|(c, name)| {
-                let col = res.column(*c).clone();
+                let col = res.column(*c);
                 let col = match col.data_type() {
-                    DataType::Timestamp(_, _) => {
-                        match cast(&col, &DataType::Timestamp(TimeUnit::Millisecond, None)) {
-                            Ok(ms) => ms,
-                            Err(_) => datafusion::arrow::array::new_null_array(
-                                &DataType::Timestamp(TimeUnit::Millisecond, None),
-                                col.len(),
-                            ),
-                        }
-                    }
-                    _ => col,
+                    DataType::Timestamp(_, _) => Column::Time(millis(col).ok()),
+                    _ => Column::Other(col.clone()),
                 };
                 (name.as_str(), col)
             })
@@ -612,25 +610,21 @@ impl<'a> EvidenceColumns<'a> {
     }
 
     fn row(&self, i: usize) -> Map<String, Value> {
-        use datafusion::arrow::datatypes::{
-            Float64Type, Int64Type, TimestampMillisecondType, UInt64Type,
-        };
+        use datafusion::arrow::datatypes::{Float64Type, Int64Type, UInt64Type};
         let mut m = Map::new();
         for (name, col) in &self.cols {
-            let v = if col.is_null(i) {
-                Value::Null
-            } else {
-                match col.data_type() {
+            let v = match col {
+                Column::Time(Some(ms)) if !ms.is_null(i) => json!(format_time(ms.value(i))),
+                Column::Time(_) => Value::Null,
+                Column::Other(col) if col.is_null(i) => Value::Null,
+                Column::Other(col) => match col.data_type() {
                     DataType::Int64 => json!(col.as_primitive::<Int64Type>().value(i)),
                     DataType::UInt64 => json!(col.as_primitive::<UInt64Type>().value(i)),
                     DataType::Float64 => json!(col.as_primitive::<Float64Type>().value(i)),
                     DataType::Boolean => json!(col.as_boolean().value(i)),
-                    DataType::Timestamp(_, _) => json!(format_time(
-                        col.as_primitive::<TimestampMillisecondType>().value(i)
-                    )),
                     _ => datafusion::arrow::util::display::array_value_to_string(col, i)
                         .map_or(Value::Null, Value::String),
-                }
+                },
             };
             m.insert(name.to_string(), v);
         }
