@@ -14,7 +14,7 @@ pub mod health;
 pub mod sessions;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 
 use crate::directory::{CustomerIx, RepIx};
 use crate::event::{Action, Channel, HitKind, Millis};
@@ -114,54 +114,111 @@ pub struct Touch {
 /// Timers that are never removed, only outdated: each pop is checked against current state
 /// (cheaper than keeping an ordered index in sync on every event).
 ///
-/// Operators see events in effective-time order, so most timers are scheduled no earlier than
-/// the last one: those go to a FIFO, which pops in O(1) and reads memory in order. The rest (late
-/// events, rescheduled timers) go to a heap; a pop takes the earlier of the two fronts.
+/// A radix heap: timers are taken in time order and are almost never scheduled before the last
+/// one taken, so each lives in the bucket of the highest bit where its time differs from that
+/// floor. Scheduling appends to a bucket; a pop that empties the lowest bucket spreads the next
+/// one into the buckets below, each timer moving a few times at most. Every access is a `Vec`
+/// push or a sequential scan, where a binary heap of a million timers waited on a cold cache line
+/// at each level. Timers scheduled before the floor (late data) go to a small heap.
 #[derive(Debug)]
 pub struct LazyTimers<K: Ord> {
-    fifo: VecDeque<(Millis, K)>,
-    heap: BinaryHeap<Reverse<(Millis, K)>>,
+    /// Time (order-preserving `u64`, see `key`) of the last timer taken from the buckets.
+    floor: u64,
+    buckets: Vec<Vec<(u64, K)>>,
+    /// Earliest time in each non-empty bucket.
+    mins: [u64; 65],
+    /// Bit b set when bucket b holds a timer.
+    occupied: u128,
+    early: BinaryHeap<Reverse<(Millis, K)>>,
+    len: usize,
 }
 
 impl<K: Ord + Copy> Default for LazyTimers<K> {
     fn default() -> Self {
         LazyTimers {
-            fifo: VecDeque::new(),
-            heap: BinaryHeap::new(),
+            floor: 0,
+            buckets: (0..65).map(|_| Vec::new()).collect(),
+            mins: [0; 65],
+            occupied: 0,
+            early: BinaryHeap::new(),
+            len: 0,
         }
     }
 }
 
+/// A time as a `u64` in the same order (negative times included).
+fn key(at: Millis) -> u64 {
+    (at as u64) ^ (1 << 63)
+}
+
+fn time(key: u64) -> Millis {
+    (key ^ (1 << 63)) as Millis
+}
+
 impl<K: Ord + Copy> LazyTimers<K> {
-    pub fn schedule(&mut self, at: Millis, key: K) {
-        match self.fifo.back() {
-            Some((last, _)) if at < *last => self.heap.push(Reverse((at, key))),
-            _ => self.fifo.push_back((at, key)),
+    pub fn schedule(&mut self, at: Millis, k: K) {
+        self.len += 1;
+        let u = key(at);
+        if u < self.floor {
+            self.early.push(Reverse((at, k)));
+        } else {
+            self.put(u, k);
         }
+    }
+
+    fn put(&mut self, u: u64, k: K) {
+        let b = (64 - (u ^ self.floor).leading_zeros()) as usize;
+        if self.occupied & (1 << b) == 0 {
+            self.occupied |= 1 << b;
+            self.mins[b] = u;
+        } else {
+            self.mins[b] = self.mins[b].min(u);
+        }
+        self.buckets[b].push((u, k));
     }
 
     /// Pops the next timer due at or before `now`, earliest first.
     pub fn pop_due(&mut self, now: Millis) -> Option<(Millis, K)> {
-        let from_fifo = self.fifo.front().map(|(at, _)| *at).filter(|at| *at <= now);
-        let from_heap = self
-            .heap
+        let lowest = (self.occupied != 0).then(|| self.occupied.trailing_zeros() as usize);
+        let from_buckets = lowest.map(|b| time(self.mins[b])).filter(|at| *at <= now);
+        let from_early = self
+            .early
             .peek()
             .map(|Reverse((at, _))| *at)
             .filter(|at| *at <= now);
-        match (from_fifo, from_heap) {
-            (Some(a), Some(b)) if b < a => self.heap.pop().map(|Reverse(x)| x),
-            (Some(_), _) => self.fifo.pop_front(),
-            (None, Some(_)) => self.heap.pop().map(|Reverse(x)| x),
-            (None, None) => None,
-        }
+        let popped = match (from_buckets, from_early, lowest) {
+            (_, Some(e), _) if from_buckets.is_none_or(|b| e <= b) => {
+                self.early.pop().map(|Reverse(x)| x)
+            }
+            (Some(_), _, Some(b)) => {
+                if b > 0 {
+                    // Spread the lowest bucket below the new floor, its earliest time.
+                    self.floor = self.mins[b];
+                    self.occupied &= !(1 << b);
+                    let mut items = std::mem::take(&mut self.buckets[b]);
+                    for (u, k) in items.drain(..) {
+                        self.put(u, k);
+                    }
+                    self.buckets[b] = items;
+                }
+                let taken = self.buckets[0].pop();
+                if self.buckets[0].is_empty() {
+                    self.occupied &= !1;
+                }
+                taken.map(|(u, k)| (time(u), k))
+            }
+            _ => None,
+        };
+        self.len -= popped.is_some() as usize;
+        popped
     }
 
     pub fn len(&self) -> usize {
-        self.fifo.len() + self.heap.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.fifo.is_empty() && self.heap.is_empty()
+        self.len == 0
     }
 }
 
@@ -184,6 +241,7 @@ pub fn channel_names(mask: u8) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::LazyTimers;
+    use crate::event::Millis;
 
     #[test]
     fn timers_pop_in_time_order_whatever_the_schedule_order() {
@@ -209,5 +267,48 @@ mod tests {
         assert_eq!(t.pop_due(30).map(|x| x.0), Some(30));
         assert_eq!(t.pop_due(30).map(|x| x.0), Some(30));
         assert!(t.is_empty());
+    }
+
+    /// Against a sorted model: random times (negative ones, far ones, many equal), timers
+    /// scheduled before the last one taken (late data), and a `now` that sometimes steps back.
+    #[test]
+    fn timers_agree_with_a_sorted_model() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut t = LazyTimers::default();
+        let mut model: Vec<(Millis, u32)> = Vec::new();
+        let mut now: Millis = -5_000;
+        for step in 0..200_000u32 {
+            match rng.random_range(0..10) {
+                0..=4 => {
+                    let at = match rng.random_range(0..6) {
+                        0 => now - rng.random_range(0..3_000),
+                        1 => now + rng.random_range(0..1 << 40),
+                        2 => now,
+                        _ => now + rng.random_range(0..5_000),
+                    };
+                    t.schedule(at, step);
+                    model.push((at, step));
+                }
+                5 => now -= rng.random_range(0..2),
+                _ => now += rng.random_range(0..400),
+            }
+            // Both pop everything due; equal times may leave in any order.
+            let mut got = Vec::new();
+            while let Some(x) = t.pop_due(now) {
+                got.push(x);
+            }
+            let mut want: Vec<(Millis, u32)> =
+                model.iter().copied().filter(|(at, _)| *at <= now).collect();
+            model.retain(|(at, _)| *at > now);
+            assert!(
+                got.windows(2).all(|w| w[0].0 <= w[1].0),
+                "out of order at {step}"
+            );
+            got.sort_unstable();
+            want.sort_unstable();
+            assert_eq!(got, want, "step {step}");
+            assert_eq!(t.len(), model.len());
+        }
     }
 }
