@@ -47,7 +47,12 @@ fn run(pairs: usize, pipeline: &Arc<Pipeline>) -> anyhow::Result<Result> {
         reps: (pairs / customers_per_rep).max(1),
         customers_per_rep,
         // Enough days for every pair to be active and for the window state to fill.
-        days: if pairs >= 1_000_000 {
+        days: if let Some(days) = std::env::var("TOUCHSTREAM_BENCH_DAYS")
+            .ok()
+            .and_then(|d| d.parse().ok())
+        {
+            days
+        } else if pairs >= 1_000_000 {
             3
         } else if pairs >= 100_000 {
             8
