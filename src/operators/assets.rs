@@ -12,6 +12,7 @@ use crate::config::Pipeline;
 use crate::directory::CustomerIx;
 use crate::event::{Action, Channel, HitKind, Millis};
 
+use super::pairmap::PairMap;
 use super::{LazyTimers, Pair, Resolved, Touch, What};
 
 /// Why an open was not counted.
@@ -111,7 +112,7 @@ pub struct AssetJoin {
     pending_timers: LazyTimers<u64>,
     next_pending: u64,
     presence: HashMap<CustomerIx, VecDeque<(Millis, bool)>>,
-    links: HashMap<Pair, PairLinks>,
+    links: PairMap<PairLinks>,
     link_timers: LazyTimers<Pair>,
     dirty: Vec<AssetIx>,
     /// Reps who switched `tracking` off: hits on their assets are dropped (consent).
@@ -139,7 +140,7 @@ impl AssetJoin {
             pending_timers: LazyTimers::default(),
             next_pending: 0,
             presence: HashMap::default(),
-            links: HashMap::default(),
+            links: PairMap::default(),
             link_timers: LazyTimers::default(),
             dirty: Vec::new(),
             tracking_off: Default::default(),
@@ -233,7 +234,7 @@ impl AssetJoin {
             .get(&pair.customer())
             .and_then(|h| h.iter().rev().find(|(t, _)| *t <= ev.t))
             .is_some_and(|(_, online)| *online);
-        let links = self.links.entry(pair).or_default();
+        let links = self.links.entry_or_default(pair);
         let first_contract = links
             .contracts
             .iter()
@@ -338,7 +339,7 @@ impl AssetJoin {
 
     /// A contract event of the pair at `ev.t`.
     pub fn on_contract(&mut self, ev: &Resolved, pair: Pair, w: Millis) {
-        let links = self.links.entry(pair).or_default();
+        let links = self.links.entry_or_default(pair);
         links.contracts.push((ev.t, ev.event_id.clone()));
         self.link_timers.schedule(ev.t + self.retention_ms, pair);
         let mut changed = Vec::new();

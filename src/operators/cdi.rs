@@ -5,7 +5,6 @@
 
 use std::collections::VecDeque;
 
-use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayBuilder, AsArray, Int64Builder, UInt64Builder};
@@ -20,6 +19,7 @@ use crate::engine::output::Cdi;
 use crate::event::Millis;
 
 use super::health::Band;
+use super::pairmap::PairMap;
 use super::{LazyTimers, Pair, Touch, channel_bit};
 
 /// Resolution of the CDI state: the window's edge is exact to one bucket (README "Choices").
@@ -57,7 +57,7 @@ pub struct PairAggregates {
     kernel: Kernel,
     schema: SchemaRef,
     /// Buckets of each pair, ascending by start: new ones append, expired ones pop in front.
-    pairs: HashMap<Pair, VecDeque<Bucket>>,
+    pairs: PairMap<VecDeque<Bucket>>,
     /// One timer per pair: when its oldest bucket leaves the window.
     timers: LazyTimers<Pair>,
     /// Pairs whose CDI may have changed since the last `take_changed` (new touches, buckets
@@ -101,7 +101,7 @@ impl PairAggregates {
             cfg: cfg.clone(),
             kernel,
             schema,
-            pairs: HashMap::default(),
+            pairs: PairMap::default(),
             timers: LazyTimers::default(),
             changed: Default::default(),
             track_changes: false,
@@ -175,7 +175,7 @@ impl PairAggregates {
                 dwell_sum: val(4, i),
                 dwell_count: val(5, i),
             };
-            let buckets = self.pairs.entry(p).or_default();
+            let buckets = self.pairs.entry_or_default(p);
             // Nearly always the newest bucket or a new one after it; late touches search.
             let found = match buckets.back() {
                 Some(last) if last.start == b.start => Ok(buckets.len() - 1),

@@ -14,6 +14,7 @@ use crate::event::{Millis, format_time};
 
 use super::assets::AssetJoin;
 use super::cdi::PairAggregates;
+use super::pairmap::PairMap;
 use super::{LazyTimers, Pair};
 
 #[derive(Debug, Clone, Copy)]
@@ -35,10 +36,10 @@ pub struct ProcessHealth {
     followup_ms: Millis,
     reply_ms: Millis,
     /// Starts of each pair's sessions, ascending (arrival order; late starts are rare).
-    session_starts: HashMap<Pair, VecDeque<Millis>>,
+    session_starts: PairMap<VecDeque<Millis>>,
     /// `lead_assigned` times of the pairs that have leads in the window, with the rep's first
     /// touch at or after each. Few pairs: a small map that every rep touch probes cheaply.
-    leads: HashMap<Pair, Vec<Lead>>,
+    leads: PairMap<Vec<Lead>>,
     timers: LazyTimers<Pair>,
     lead_timers: LazyTimers<Pair>,
     /// Firing alerts per rep and rule, since start.
@@ -53,8 +54,8 @@ impl ProcessHealth {
             window_ms: cfg.window_days * 86_400_000,
             followup_ms: cfg.followup_within_hours * 3_600_000,
             reply_ms: cfg.reply_within_hours * 3_600_000,
-            session_starts: HashMap::default(),
-            leads: HashMap::default(),
+            session_starts: PairMap::default(),
+            leads: PairMap::default(),
             timers: LazyTimers::default(),
             lead_timers: LazyTimers::default(),
             alerts: HashMap::default(),
@@ -72,7 +73,7 @@ impl ProcessHealth {
 
     /// A `lead_assigned` for the pair at `t`.
     pub fn on_lead(&mut self, pair: Pair, t: Millis) {
-        self.leads.entry(pair).or_default().push(Lead {
+        self.leads.entry_or_default(pair).push(Lead {
             at: t,
             first_touch: None,
         });
@@ -101,7 +102,7 @@ impl ProcessHealth {
 
     /// A session of the pair started at `t`.
     pub fn on_session_start(&mut self, pair: Pair, t: Millis) {
-        self.session_starts.entry(pair).or_default().push_back(t);
+        self.session_starts.entry_or_default(pair).push_back(t);
         self.timers.schedule(t + self.window_ms, pair);
     }
 

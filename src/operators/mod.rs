@@ -11,6 +11,7 @@ pub mod actions;
 pub mod assets;
 pub mod cdi;
 pub mod health;
+pub mod pairmap;
 pub mod sessions;
 
 use std::cmp::Reverse;

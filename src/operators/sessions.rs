@@ -2,12 +2,11 @@
 //! two consecutive touches are more than the gap apart. A session is emitted once the watermark
 //! passes `end + gap`, when no on-time event can extend it any more.
 
-use rustc_hash::FxHashMap as HashMap;
-
 use crate::directory::Directory;
 use crate::engine::output::Session;
 use crate::event::Millis;
 
+use super::pairmap::PairMap;
 use super::{LazyTimers, Pair, Touch, channel_bit, channel_names};
 
 #[derive(Debug, Clone)]
@@ -61,7 +60,7 @@ struct PairSessions {
 #[derive(Debug)]
 pub struct Sessions {
     gap_ms: Millis,
-    pairs: HashMap<Pair, PairSessions>,
+    pairs: PairMap<PairSessions>,
     timers: LazyTimers<Pair>,
     /// Late touches that fell into an already emitted session.
     pub late_dropped: u64,
@@ -71,7 +70,7 @@ impl Sessions {
     pub fn new(gap_ms: Millis) -> Self {
         Sessions {
             gap_ms,
-            pairs: HashMap::default(),
+            pairs: PairMap::default(),
             timers: LazyTimers::default(),
             late_dropped: 0,
         }
@@ -80,7 +79,7 @@ impl Sessions {
     /// Adds a touch; true when it starts a new session.
     pub fn add(&mut self, touch: &Touch, dir: &Directory, out: &mut Vec<Session>) -> bool {
         let gap = self.gap_ms;
-        let p = self.pairs.entry(touch.pair).or_default();
+        let p = self.pairs.entry_or_default(touch.pair);
         if let Some(open) = &mut p.open {
             if touch.t >= open.start - gap && touch.t <= open.end + gap {
                 // The session's timer stays where it is; when it pops, it moves to the new end.
