@@ -2,12 +2,13 @@
 //! WeCom and DingTalk ids to `rep_id` / `customer_id`, and ids to dense indices that the
 //! operators use as keys (cheaper than strings on the hot path).
 
-use compact_str::CompactString;
-use rustc_hash::FxHashMap as HashMap;
 use std::path::Path;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
+
+mod strindex;
+use strindex::StrIndex;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Rep {
@@ -44,11 +45,11 @@ pub struct Directory {
     pub reps: Vec<Rep>,
     pub customers: Vec<Customer>,
     pub regions: Vec<Region>,
-    rep_by_id: HashMap<CompactString, RepIx>,
-    rep_by_wecom: HashMap<CompactString, RepIx>,
-    rep_by_dingtalk: HashMap<CompactString, RepIx>,
-    customer_by_id: HashMap<CompactString, CustomerIx>,
-    customer_by_wecom: HashMap<CompactString, CustomerIx>,
+    rep_by_id: StrIndex,
+    rep_by_wecom: StrIndex,
+    rep_by_dingtalk: StrIndex,
+    customer_by_id: StrIndex,
+    customer_by_wecom: StrIndex,
 }
 
 const REPS_HEADER: &[&str] = &[
@@ -128,31 +129,26 @@ impl Directory {
         };
         for (i, r) in d.reps.iter().enumerate() {
             let i = i as RepIx;
-            if d.rep_by_id.insert(r.rep_id.as_str().into(), i).is_some() {
+            if d.rep_by_id.insert(&r.rep_id, i).is_some() {
                 bail!("reps.csv: rep_id `{}` appears twice", r.rep_id);
             }
             if !r.wecom_userid.is_empty() {
-                d.rep_by_wecom.insert(r.wecom_userid.as_str().into(), i);
+                d.rep_by_wecom.insert(&r.wecom_userid, i);
             }
             if !r.dingtalk_staff_id.is_empty() {
-                d.rep_by_dingtalk
-                    .insert(r.dingtalk_staff_id.as_str().into(), i);
+                d.rep_by_dingtalk.insert(&r.dingtalk_staff_id, i);
             }
         }
         for (i, c) in d.customers.iter().enumerate() {
             let i = i as CustomerIx;
-            if d.customer_by_id
-                .insert(c.customer_id.as_str().into(), i)
-                .is_some()
-            {
+            if d.customer_by_id.insert(&c.customer_id, i).is_some() {
                 bail!(
                     "customers.csv: customer_id `{}` appears twice",
                     c.customer_id
                 );
             }
             if !c.wecom_external_userid.is_empty() {
-                d.customer_by_wecom
-                    .insert(c.wecom_external_userid.as_str().into(), i);
+                d.customer_by_wecom.insert(&c.wecom_external_userid, i);
             }
         }
         let known: std::collections::HashSet<&str> =
@@ -168,19 +164,19 @@ impl Directory {
     }
 
     pub fn rep(&self, rep_id: &str) -> Option<RepIx> {
-        self.rep_by_id.get(rep_id).copied()
+        self.rep_by_id.get(rep_id)
     }
     pub fn rep_by_wecom(&self, wecom_userid: &str) -> Option<RepIx> {
-        self.rep_by_wecom.get(wecom_userid).copied()
+        self.rep_by_wecom.get(wecom_userid)
     }
     pub fn rep_by_dingtalk(&self, staff_id: &str) -> Option<RepIx> {
-        self.rep_by_dingtalk.get(staff_id).copied()
+        self.rep_by_dingtalk.get(staff_id)
     }
     pub fn customer(&self, customer_id: &str) -> Option<CustomerIx> {
-        self.customer_by_id.get(customer_id).copied()
+        self.customer_by_id.get(customer_id)
     }
     pub fn customer_by_wecom(&self, external_userid: &str) -> Option<CustomerIx> {
-        self.customer_by_wecom.get(external_userid).copied()
+        self.customer_by_wecom.get(external_userid)
     }
     pub fn rep_id(&self, r: RepIx) -> &str {
         &self.reps[r as usize].rep_id
