@@ -260,6 +260,13 @@ impl Engine {
             if let Some(ahead) = batch.get(i + PREFETCH_AHEAD) {
                 self.prefetch_dedup(ahead.raw);
             }
+            // The line the dedup hint will read next: input lines are often cold by now.
+            if let Some(first) = batch
+                .get(i + 2 * PREFETCH_AHEAD)
+                .and_then(|l| l.raw.first())
+            {
+                crate::prefetch(first);
+            }
             if self.ingest(input, now, &mut out) == Ingested::Refused {
                 out.refused.push(i);
             }
