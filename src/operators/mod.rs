@@ -15,7 +15,7 @@ pub mod pairmap;
 pub mod sessions;
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 use crate::directory::{CustomerIx, RepIx};
 use crate::event::{Action, Channel, HitKind, Millis};
@@ -115,14 +115,61 @@ pub struct Touch {
 /// Timers that are never removed, only outdated: each pop is checked against current state
 /// (cheaper than keeping an ordered index in sync on every event).
 ///
+/// Operators see events in effective-time order, so most timers are scheduled no earlier than
+/// the last one: those go to a FIFO, which pops in O(1) and reads memory in order. The rest
+/// (rescheduled timers, late events) go to a radix heap; a pop takes the earlier of the two.
+#[derive(Debug)]
+pub struct LazyTimers<K: Ord> {
+    fifo: VecDeque<(Millis, K)>,
+    rest: RadixHeap<K>,
+}
+
+impl<K: Ord + Copy> Default for LazyTimers<K> {
+    fn default() -> Self {
+        LazyTimers {
+            fifo: VecDeque::new(),
+            rest: RadixHeap::default(),
+        }
+    }
+}
+
+impl<K: Ord + Copy> LazyTimers<K> {
+    pub fn schedule(&mut self, at: Millis, k: K) {
+        match self.fifo.back() {
+            Some((last, _)) if at < *last => self.rest.push(at, k),
+            _ => self.fifo.push_back((at, k)),
+        }
+    }
+
+    /// Pops the next timer due at or before `now`, earliest first.
+    pub fn pop_due(&mut self, now: Millis) -> Option<(Millis, K)> {
+        let from_fifo = self.fifo.front().map(|(at, _)| *at).filter(|at| *at <= now);
+        let from_rest = self.rest.min().filter(|at| *at <= now);
+        match (from_fifo, from_rest) {
+            (Some(a), Some(b)) if b < a => self.rest.pop(),
+            (Some(_), _) => self.fifo.pop_front(),
+            (None, Some(_)) => self.rest.pop(),
+            (None, None) => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.fifo.len() + self.rest.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A radix heap: timers are taken in time order and are almost never scheduled before the last
 /// one taken, so each lives in the bucket of the highest bit where its time differs from that
 /// floor. Scheduling appends to a bucket; a pop that empties the lowest bucket spreads the next
-/// one into the buckets below, each timer moving a few times at most. Every access is a `Vec`
-/// push or a sequential scan, where a binary heap of a million timers waited on a cold cache line
-/// at each level. Timers scheduled before the floor (late data) go to a small heap.
+/// one into the buckets below. Every access is a `Vec` push or a sequential scan, where a binary
+/// heap of a million timers waited on a cold cache line at each level. Timers scheduled before
+/// the floor (late data) go to a small binary heap.
 #[derive(Debug)]
-pub struct LazyTimers<K: Ord> {
+struct RadixHeap<K: Ord> {
     /// Time (order-preserving `u64`, see `key`) of the last timer taken from the buckets.
     floor: u64,
     buckets: Vec<Vec<(u64, K)>>,
@@ -134,9 +181,9 @@ pub struct LazyTimers<K: Ord> {
     len: usize,
 }
 
-impl<K: Ord + Copy> Default for LazyTimers<K> {
+impl<K: Ord + Copy> Default for RadixHeap<K> {
     fn default() -> Self {
-        LazyTimers {
+        RadixHeap {
             floor: 0,
             buckets: (0..65).map(|_| Vec::new()).collect(),
             mins: [0; 65],
@@ -156,8 +203,8 @@ fn time(key: u64) -> Millis {
     (key ^ (1 << 63)) as Millis
 }
 
-impl<K: Ord + Copy> LazyTimers<K> {
-    pub fn schedule(&mut self, at: Millis, k: K) {
+impl<K: Ord + Copy> RadixHeap<K> {
+    fn push(&mut self, at: Millis, k: K) {
         self.len += 1;
         let u = key(at);
         if u < self.floor {
@@ -178,20 +225,26 @@ impl<K: Ord + Copy> LazyTimers<K> {
         self.buckets[b].push((u, k));
     }
 
-    /// Pops the next timer due at or before `now`, earliest first.
-    pub fn pop_due(&mut self, now: Millis) -> Option<(Millis, K)> {
-        let lowest = (self.occupied != 0).then(|| self.occupied.trailing_zeros() as usize);
-        let from_buckets = lowest.map(|b| time(self.mins[b])).filter(|at| *at <= now);
-        let from_early = self
-            .early
-            .peek()
-            .map(|Reverse((at, _))| *at)
-            .filter(|at| *at <= now);
-        let popped = match (from_buckets, from_early, lowest) {
-            (_, Some(e), _) if from_buckets.is_none_or(|b| e <= b) => {
-                self.early.pop().map(|Reverse(x)| x)
-            }
-            (Some(_), _, Some(b)) => {
+    fn lowest(&self) -> Option<usize> {
+        (self.occupied != 0).then(|| self.occupied.trailing_zeros() as usize)
+    }
+
+    /// The earliest time held.
+    fn min(&self) -> Option<Millis> {
+        let from_buckets = self.lowest().map(|b| time(self.mins[b]));
+        let from_early = self.early.peek().map(|Reverse((at, _))| *at);
+        match (from_buckets, from_early) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Takes a timer at the earliest time held.
+    fn pop(&mut self) -> Option<(Millis, K)> {
+        let from_early = self.early.peek().map(|Reverse((at, _))| *at);
+        let lowest = self.lowest();
+        let popped = match lowest {
+            Some(b) if from_early.is_none_or(|e| time(self.mins[b]) < e) => {
                 if b > 0 {
                     // Spread the lowest bucket below the new floor, its earliest time.
                     self.floor = self.mins[b];
@@ -208,18 +261,10 @@ impl<K: Ord + Copy> LazyTimers<K> {
                 }
                 taken.map(|(u, k)| (time(u), k))
             }
-            _ => None,
+            _ => self.early.pop().map(|Reverse(x)| x),
         };
         self.len -= popped.is_some() as usize;
         popped
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 
