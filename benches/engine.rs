@@ -3,9 +3,8 @@
 //! with `touchstream::gen`, warms the engine with all but the last events (setup, untimed), then
 //! times the last events through `Engine::process` in 4096-line micro-batches on one thread.
 //!
-//! Run: `cargo bench --bench engine` (sizes: `TOUCHSTREAM_BENCH_PAIRS=10000,100000`; days generated:
-//! `TOUCHSTREAM_BENCH_DAYS=7`; another
-//! pipeline file: `TOUCHSTREAM_BENCH_PIPELINE=FILE`).
+//! Run: `cargo bench --bench engine` (sizes: `TOUCHSTREAM_BENCH_PAIRS=10000,100000`; days
+//! generated: `TOUCHSTREAM_BENCH_DAYS=7`; another pipeline file: `TOUCHSTREAM_BENCH_PIPELINE=FILE`).
 
 use std::path::Path;
 use std::sync::Arc;
