@@ -48,6 +48,7 @@ pub mod r#gen;
 pub mod live;
 pub mod notify;
 pub mod operators;
+pub mod probe;
 pub mod replay;
 pub mod rules;
 pub mod sinks;

@@ -20,8 +20,7 @@ impl StrIndex {
     /// The slot holding `key`, or the free slot that ends its probe (the table is not empty).
     fn find(&self, key: &str) -> usize {
         let mask = self.slots.len() - 1;
-        let bits = self.slots.len().trailing_zeros();
-        let mut i = (hash(key).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize;
+        let mut i = crate::probe::fibonacci_slot(hash(key), self.slots.len());
         while let Some((k, _)) = &self.slots[i] {
             if k == key {
                 break;

@@ -74,27 +74,15 @@ impl IdSet {
     /// Removes `key`; false when it was not there.
     pub fn remove(&mut self, key: u64) -> bool {
         let key = stored(key);
-        let mut hole = self.find(key);
+        let hole = self.find(key);
         if self.slots[hole] != key {
             return false;
         }
-        // Close the gap: a later key of the run moves into the hole unless its home slot lies
-        // after the hole (cyclically), where a probe for it would not pass the hole.
-        let mask = self.mask();
-        let mut j = hole;
-        loop {
-            j = (j + 1) & mask;
-            let k = self.slots[j];
-            if k == EMPTY {
-                break;
-            }
-            let home = k as usize & mask;
-            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
-                self.slots[hole] = k;
-                hole = j;
-            }
-        }
         self.slots[hole] = EMPTY;
+        let mask = self.mask();
+        crate::probe::close_gap(&mut self.slots, hole, |k| {
+            (*k != EMPTY).then_some(*k as usize & mask)
+        });
         self.len -= 1;
         true
     }

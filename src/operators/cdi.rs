@@ -318,7 +318,7 @@ impl PairAggregates {
         mut f: impl FnMut(Pair, Score, Option<bool>),
     ) {
         let cut = as_of - window_ms.min(self.window_ms);
-        for (pair, buckets) in &self.pairs {
+        for (pair, buckets) in self.pairs.iter() {
             let Some(score) = self.score(buckets, as_of) else {
                 continue;
             };

@@ -178,13 +178,13 @@ impl ProcessHealth {
                 r.customers_replied += u64::from(replied);
             }
         });
-        for (pair, starts) in &self.session_starts {
+        for (pair, starts) in self.session_starts.iter() {
             let r = &mut reps[pair.rep() as usize];
             let sessions = starts.iter().filter(|t| **t >= cut && **t <= w).count();
             r.customers_touched += u64::from(sessions >= 1);
             r.customers_retouched += u64::from(sessions >= 2);
         }
-        for (pair, leads) in &self.leads {
+        for (pair, leads) in self.leads.iter() {
             let r = &mut reps[pair.rep() as usize];
             for lead in leads.iter().filter(|l| l.at >= cut && l.at <= w) {
                 let deadline = lead.at + self.followup_ms;

@@ -4,6 +4,7 @@
 //! and the value share the probe's first line.
 
 use super::Pair;
+use crate::probe::{close_gap, fibonacci_slot};
 
 #[derive(Debug)]
 pub struct PairMap<V> {
@@ -29,16 +30,11 @@ impl<V> PairMap<V> {
         self.len == 0
     }
 
-    /// Home slot: the high bits of a Fibonacci hash (a rep's customers have nearby indices).
-    fn home(&self, p: Pair) -> usize {
-        let bits = self.slots.len().trailing_zeros();
-        (p.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize
-    }
-
-    /// The slot holding `p`, or the free slot that ends its probe.
+    /// The slot holding `p`, or the free slot that ends its probe. Home slots come from a
+    /// Fibonacci hash: a rep's customers have nearby indices.
     fn find(&self, p: Pair) -> usize {
         let mask = self.slots.len() - 1;
-        let mut i = self.home(p);
+        let mut i = fibonacci_slot(p.0, self.slots.len());
         while let Some((k, _)) = &self.slots[i] {
             if *k == p {
                 break;
@@ -73,24 +69,13 @@ impl<V> PairMap<V> {
     }
 
     pub fn remove(&mut self, p: &Pair) -> Option<V> {
-        let mut hole = self.find(*p);
+        let hole = self.find(*p);
         let (_, v) = self.slots[hole].take()?;
         self.len -= 1;
-        // Close the gap: a later entry of the run moves into the hole unless its home slot lies
-        // after the hole (cyclically), where a probe for it would not pass the hole.
-        let mask = self.slots.len() - 1;
-        let mut j = hole;
-        loop {
-            j = (j + 1) & mask;
-            let Some((k, _)) = &self.slots[j] else {
-                break;
-            };
-            let home = self.home(*k);
-            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
-                self.slots[hole] = self.slots[j].take();
-                hole = j;
-            }
-        }
+        let len = self.slots.len();
+        close_gap(&mut self.slots, hole, |s| {
+            s.as_ref().map(|(k, _)| fibonacci_slot(k.0, len))
+        });
         Some(v)
     }
 
@@ -109,15 +94,6 @@ impl<V> PairMap<V> {
             let i = self.find(k);
             self.slots[i] = Some((k, v));
         }
-    }
-}
-
-impl<'a, V> IntoIterator for &'a PairMap<V> {
-    type Item = (&'a Pair, &'a V);
-    type IntoIter = Box<dyn Iterator<Item = (&'a Pair, &'a V)> + 'a>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        Box::new(self.iter())
     }
 }
 
