@@ -67,13 +67,31 @@ pub fn wall_clock_ms() -> event::Millis {
 /// observable, used where the engine knows a random access is coming a few events ahead.
 #[inline(always)]
 pub fn prefetch<T>(x: &T) {
+    prefetch_addr((x as *const T).cast());
+}
+
+/// `prefetch` for every cache line that `x` spans (a value of a few lines).
+#[inline(always)]
+pub fn prefetch_all<T>(x: &T) {
+    let start: *const u8 = (x as *const T).cast();
+    let size = std::mem::size_of::<T>();
+    let mut offset = 0;
+    while offset < size {
+        prefetch_addr(start.wrapping_add(offset));
+        offset += 64;
+    }
+    // The last line, when `x` does not start on a line boundary.
+    prefetch_addr(start.wrapping_add(size.saturating_sub(1)));
+}
+
+#[inline(always)]
+fn prefetch_addr(at: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is only a hint; it reads nothing and never faults.
+    // SAFETY: a prefetch is only a hint; it reads nothing and never faults, whatever the
+    // address.
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-            (x as *const T).cast::<i8>(),
-        );
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast::<i8>());
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = x;
+    let _ = at;
 }

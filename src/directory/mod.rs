@@ -45,6 +45,9 @@ pub struct Directory {
     pub reps: Vec<Rep>,
     pub customers: Vec<Customer>,
     pub regions: Vec<Region>,
+    /// `customers[i].customer_id`, inline where short: outputs name customers by index, and a
+    /// million customers' rows are cold.
+    customer_ids: Vec<compact_str::CompactString>,
     rep_by_id: StrIndex,
     rep_by_wecom: StrIndex,
     rep_by_dingtalk: StrIndex,
@@ -139,6 +142,11 @@ impl Directory {
                 d.rep_by_dingtalk.insert(&r.dingtalk_staff_id, i);
             }
         }
+        d.customer_ids = d
+            .customers
+            .iter()
+            .map(|c| c.customer_id.as_str().into())
+            .collect();
         for (i, c) in d.customers.iter().enumerate() {
             let i = i as CustomerIx;
             if d.customer_by_id.insert(&c.customer_id, i).is_some() {
@@ -198,7 +206,13 @@ impl Directory {
         self.regions.iter().find(|r| r.region == region)
     }
     pub fn customer_id(&self, c: CustomerIx) -> &str {
-        &self.customers[c as usize].customer_id
+        &self.customer_ids[c as usize]
+    }
+    /// Asks the CPU to load customer `c`'s id, which an output a few events ahead will name.
+    pub fn prefetch_customer_id(&self, c: CustomerIx) {
+        if let Some(id) = self.customer_ids.get(c as usize) {
+            crate::prefetch(id);
+        }
     }
 }
 

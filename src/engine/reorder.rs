@@ -1,49 +1,55 @@
 //! The reorder buffer: events ahead of the watermark wait here and leave in the order operators
-//! need, (effective time, kind rank, event_id). The heap holds 16-byte entries and the events stay
-//! put in a slab, so a pop moves small keys, and event ids are compared only on a tie. The heap
-//! is 4-ary (see `ARITY`).
+//! need, (effective time, kind rank, event_id).
+//!
+//! Events wait in a slab; their times go to a radix heap (`operators::RadixHeap`). An event is
+//! queued at or after the watermark and leaves behind it, so times only move forward from the
+//! last one taken, which is what a radix heap needs: each push is an append and each pop a
+//! short sequential scan, where a comparison heap mispredicted a branch at every level. The
+//! events of one time leave together, sorted by kind and event_id (ties are rare).
+
+use std::cmp::Ordering;
 
 use crate::event::Millis;
-use crate::operators::Resolved;
+use crate::operators::{RadixHeap, Resolved};
 
-/// Children per heap node: four 16-byte entries share a cache line or two, and the heap is half
-/// as deep as a binary one, so a pop waits on half as many cold levels when the buffer is large.
-const ARITY: usize = 4;
-
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    t: Millis,
-    rank: u8,
-    slot: u32,
+/// The order events leave in.
+fn order(a: &Resolved, b: &Resolved) -> Ordering {
+    (a.t, a.what.rank(), &a.event_id).cmp(&(b.t, b.what.rank(), &b.event_id))
 }
 
 #[derive(Debug, Default)]
 pub struct ReorderBuffer {
-    heap: Vec<Entry>,
+    /// Effective time and slab slot of each waiting event not in `ties`.
+    queue: RadixHeap<u32>,
+    /// The events of the earliest time, taken from `queue` together; the next to leave last.
+    ties: Vec<u32>,
     slab: Vec<Option<Resolved>>,
     free: Vec<u32>,
 }
 
 impl ReorderBuffer {
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.queue.len() + self.ties.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.len() == 0
+    }
+
+    fn event(&self, slot: u32) -> Option<&Resolved> {
+        self.slab[slot as usize].as_ref()
     }
 
     /// Effective time of the next event to leave.
     pub fn next_time(&self) -> Option<Millis> {
-        self.heap.first().map(|e| e.t)
+        match self.ties.last() {
+            Some(&slot) => self.event(slot).map(|e| e.t),
+            None => self.queue.min(),
+        }
     }
 
     pub fn push(&mut self, ev: Resolved) {
-        let entry = Entry {
-            t: ev.t,
-            rank: ev.what.rank(),
-            slot: 0,
-        };
+        let t = ev.t;
         let slot = match self.free.pop() {
             Some(s) => {
                 self.slab[s as usize] = Some(ev);
@@ -54,64 +60,48 @@ impl ReorderBuffer {
                 (self.slab.len() - 1) as u32
             }
         };
-        self.heap.push(Entry { slot, ..entry });
-        self.sift_up(self.heap.len() - 1);
+        match self.ties.first().and_then(|&s| self.event(s)).map(|e| e.t) {
+            // Not after the events already taken out: it joins them in order (only when
+            // events are queued behind what has left, which the engine does not do).
+            Some(tied) if t <= tied => {
+                self.ties.push(slot);
+                self.sort_ties();
+            }
+            _ => self.queue.push(t, slot),
+        }
     }
 
     pub fn pop(&mut self) -> Option<Resolved> {
-        if self.heap.is_empty() {
-            return None;
-        }
-        let top = self.heap.swap_remove(0);
-        if !self.heap.is_empty() {
-            self.sift_down(0);
-            // The next event to leave was pushed long ago and is cold by now: load it while the
-            // engine ingests the next line, which is usually what releases it.
-            crate::prefetch(&self.slab[self.heap[0].slot as usize]);
-        }
-        self.free.push(top.slot);
-        self.slab[top.slot as usize].take()
-    }
-
-    /// Whether `a` leaves before `b`.
-    fn before(&self, a: Entry, b: Entry) -> bool {
-        match (a.t, a.rank).cmp(&(b.t, b.rank)) {
-            std::cmp::Ordering::Less => true,
-            std::cmp::Ordering::Greater => false,
-            std::cmp::Ordering::Equal => {
-                let id = |e: Entry| self.slab[e.slot as usize].as_ref().map(|r| &r.event_id);
-                id(a) < id(b)
-            }
-        }
-    }
-
-    fn sift_up(&mut self, mut i: usize) {
-        while i > 0 {
-            let parent = (i - 1) / ARITY;
-            if !self.before(self.heap[i], self.heap[parent]) {
-                break;
-            }
-            self.heap.swap(i, parent);
-            i = parent;
-        }
-    }
-
-    fn sift_down(&mut self, mut i: usize) {
-        let n = self.heap.len();
-        loop {
-            let children = ARITY * i + 1..(ARITY * i + 1 + ARITY).min(n);
-            let mut first = i;
-            for c in children {
-                if self.before(self.heap[c], self.heap[first]) {
-                    first = c;
+        if self.ties.is_empty() {
+            let (t, slot) = self.queue.pop()?;
+            self.ties.push(slot);
+            while self.queue.min() == Some(t) {
+                if let Some((_, slot)) = self.queue.pop() {
+                    self.ties.push(slot);
                 }
             }
-            if first == i {
-                break;
+            if self.ties.len() > 1 {
+                self.sort_ties();
             }
-            self.heap.swap(i, first);
-            i = first;
         }
+        let slot = self.ties.pop()?;
+        self.free.push(slot);
+        // The event that leaves next was queued hundreds of events ago and is cold by now:
+        // load it (both of its lines) while this one is applied.
+        if let Some(next) = self.ties.last().copied().or_else(|| self.queue.peek()) {
+            crate::prefetch_all(&self.slab[next as usize]);
+        }
+        self.slab[slot as usize].take()
+    }
+
+    /// Sorts `ties` so that the first to leave is last.
+    fn sort_ties(&mut self) {
+        let slab = &self.slab;
+        self.ties
+            .sort_unstable_by(|a, b| match (&slab[*a as usize], &slab[*b as usize]) {
+                (Some(a), Some(b)) => order(b, a),
+                _ => Ordering::Equal,
+            });
     }
 }
 
@@ -179,9 +169,20 @@ mod tests {
         let mut b = ReorderBuffer::default();
         let mut model: Vec<(Millis, u8, String)> = Vec::new();
         let mut floor: Millis = 0;
+        let mut clock: Millis = 0;
+        let mut ties_waiting = 0;
         for step in 0..60_000u32 {
             if rng.random_range(0..5) < 3 {
-                let t = floor + rng.random_range(0..500);
+                // Jitter around a clock, many ties, and a few behind the last event out
+                // (which the engine never queues, but the order must hold all the same).
+                let t = match rng.random_range(0..16) {
+                    0 => floor - rng.random_range(0..50),
+                    1..=4 => floor + rng.random_range(0..500),
+                    _ => {
+                        clock += rng.random_range(0..3);
+                        clock
+                    }
+                };
                 let presence = rng.random_range(0..4) == 0;
                 let id = format!("e{}", rng.random_range(0..1_000_000u32));
                 let e = ev(t, &id, presence);
@@ -194,8 +195,12 @@ mod tests {
                 let want = first.map(|(t, _, id)| (t, id));
                 assert_eq!(Some((e.t, e.event_id.to_string())), want, "step {step}");
                 floor = e.t;
+                clock = clock.max(floor);
             }
             assert_eq!(b.len(), model.len());
+            ties_waiting += (b.ties.len() > 1) as u32;
         }
+        // Several events of one time waited together at times, so ties were ordered.
+        assert!(ties_waiting > 1_000, "{ties_waiting}");
     }
 }

@@ -10,7 +10,7 @@ use rustc_hash::FxHashMap as HashMap;
 use crate::directory::RepIx;
 use crate::event::{Action, Channel, Millis};
 
-use super::{LazyTimers, Pair};
+use super::{LazyTimers, Pair, TIMER_AHEAD};
 
 /// One retained `crm.action`.
 #[derive(Debug, Clone)]
@@ -134,6 +134,13 @@ impl ActionLog {
     /// Drops rows whose retention ended at the watermark `w`.
     pub fn on_watermark(&mut self, w: Millis) {
         while let Some((_, ix)) = self.expiry.pop_due(w) {
+            if let Some(slot) = self
+                .expiry
+                .upcoming(TIMER_AHEAD)
+                .and_then(|next| self.slab.get(next as usize))
+            {
+                crate::prefetch(slot);
+            }
             let Some(row) = self.slab.get_mut(ix as usize).and_then(Option::take) else {
                 continue;
             };

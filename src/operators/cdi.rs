@@ -20,7 +20,7 @@ use crate::event::Millis;
 
 use super::health::Band;
 use super::pairmap::PairMap;
-use super::{LazyTimers, Pair, Touch, channel_bit};
+use super::{LazyTimers, Pair, TIMER_AHEAD, Touch, channel_bit};
 
 /// Resolution of the CDI state: the window's edge is exact to one bucket (README "Choices").
 pub const BUCKET_MS: Millis = 60_000;
@@ -165,6 +165,11 @@ impl PairAggregates {
             .collect();
         let val = |c: usize, i: usize| -> u64 { cols[c].value(i).max(0) as u64 };
         for i in 0..out.num_rows() {
+            // The rows' pairs are scattered over the table: load the slot, then the buckets,
+            // a few rows ahead.
+            let ahead = |n: usize| pair.values().get(i + n).map(|p| Pair(*p));
+            self.pairs
+                .prefetch_walk(ahead(2 * TIMER_AHEAD), ahead(TIMER_AHEAD), VecDeque::back);
             let p = Pair(pair.value(i));
             let b = Bucket {
                 start: bucket.value(i),
@@ -210,6 +215,11 @@ impl PairAggregates {
     fn expire(&mut self, w: Millis) {
         let cut = w - self.window_ms;
         while let Some((_, p)) = self.timers.pop_due(w) {
+            self.pairs.prefetch_walk(
+                self.timers.upcoming(2 * TIMER_AHEAD),
+                self.timers.upcoming(TIMER_AHEAD),
+                VecDeque::front,
+            );
             let Some(buckets) = self.pairs.get_mut(&p) else {
                 continue;
             };

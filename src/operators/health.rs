@@ -15,7 +15,7 @@ use crate::event::{Millis, format_time};
 use super::assets::AssetJoin;
 use super::cdi::PairAggregates;
 use super::pairmap::PairMap;
-use super::{LazyTimers, Pair};
+use super::{LazyTimers, Pair, TIMER_AHEAD};
 
 #[derive(Debug, Clone, Copy)]
 struct Lead {
@@ -124,6 +124,11 @@ impl ProcessHealth {
     pub fn on_watermark(&mut self, w: Millis) {
         let cut = w - self.window_ms;
         while let Some((_, pair)) = self.timers.pop_due(w) {
+            self.session_starts.prefetch_walk(
+                self.timers.upcoming(2 * TIMER_AHEAD),
+                self.timers.upcoming(TIMER_AHEAD),
+                VecDeque::front,
+            );
             let Some(starts) = self.session_starts.get_mut(&pair) else {
                 continue;
             };

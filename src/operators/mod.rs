@@ -112,6 +112,12 @@ pub struct Touch {
     pub dwell_ms: Option<u64>,
 }
 
+/// How many pops ahead the operators load the state a timer will read (see
+/// `LazyTimers::upcoming`): far enough that the load is done when the pop comes, near enough
+/// that it is still in the cache. Two-step loads (a slot, then what it points to) load the
+/// slot twice this far ahead.
+pub const TIMER_AHEAD: usize = 8;
+
 /// Timers that are never removed, only outdated: each pop is checked against current state
 /// (cheaper than keeping an ordered index in sync on every event).
 ///
@@ -153,8 +159,15 @@ impl<K: Ord + Copy> LazyTimers<K> {
         }
     }
 
+    /// The key of a timer a few pops ahead, when the in-order timers reach that far: a hint
+    /// of the state the pops will read, so that it can be loaded early. Not exact (the rest may
+    /// interleave).
+    pub fn upcoming(&self, ahead: usize) -> Option<K> {
+        self.fifo.get(ahead).map(|(_, k)| *k)
+    }
+
     pub fn len(&self) -> usize {
-        self.fifo.len() + self.rest.len
+        self.fifo.len() + self.rest.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -169,12 +182,13 @@ impl<K: Ord + Copy> LazyTimers<K> {
 /// heap of a million timers waited on a cold cache line at each level. Timers scheduled before
 /// the floor (late data) go to a small binary heap.
 #[derive(Debug)]
-struct RadixHeap<K: Ord> {
+pub struct RadixHeap<K: Ord> {
     /// Time (order-preserving `u64`, see `key`) of the last timer taken from the buckets.
     floor: u64,
     buckets: Vec<Vec<(u64, K)>>,
-    /// Earliest time in each non-empty bucket.
+    /// Earliest time in each non-empty bucket, and a key at that time.
     mins: [u64; 65],
+    min_keys: [Option<K>; 65],
     /// Bit b set when bucket b holds a timer.
     occupied: u128,
     early: BinaryHeap<Reverse<(Millis, K)>>,
@@ -187,6 +201,7 @@ impl<K: Ord + Copy> Default for RadixHeap<K> {
             floor: 0,
             buckets: (0..65).map(|_| Vec::new()).collect(),
             mins: [0; 65],
+            min_keys: [None; 65],
             occupied: 0,
             early: BinaryHeap::new(),
             len: 0,
@@ -204,7 +219,7 @@ fn time(key: u64) -> Millis {
 }
 
 impl<K: Ord + Copy> RadixHeap<K> {
-    fn push(&mut self, at: Millis, k: K) {
+    pub fn push(&mut self, at: Millis, k: K) {
         self.len += 1;
         let u = key(at);
         if u < self.floor {
@@ -216,13 +231,20 @@ impl<K: Ord + Copy> RadixHeap<K> {
 
     fn put(&mut self, u: u64, k: K) {
         let b = (64 - (u ^ self.floor).leading_zeros()) as usize;
-        if self.occupied & (1 << b) == 0 {
+        if self.occupied & (1 << b) == 0 || u < self.mins[b] {
             self.occupied |= 1 << b;
             self.mins[b] = u;
-        } else {
-            self.mins[b] = self.mins[b].min(u);
+            self.min_keys[b] = Some(k);
         }
         self.buckets[b].push((u, k));
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     fn lowest(&self) -> Option<usize> {
@@ -230,7 +252,7 @@ impl<K: Ord + Copy> RadixHeap<K> {
     }
 
     /// The earliest time held.
-    fn min(&self) -> Option<Millis> {
+    pub fn min(&self) -> Option<Millis> {
         let from_buckets = self.lowest().map(|b| time(self.mins[b]));
         let from_early = self.early.peek().map(|Reverse((at, _))| *at);
         match (from_buckets, from_early) {
@@ -239,8 +261,22 @@ impl<K: Ord + Copy> RadixHeap<K> {
         }
     }
 
+    /// The key the next `pop` takes, or another at its time: a hint for loading what the pop
+    /// will need.
+    pub fn peek(&self) -> Option<K> {
+        let from_buckets = self.lowest().and_then(|b| match b {
+            0 => self.buckets[0].last().copied(),
+            _ => self.min_keys[b].map(|k| (self.mins[b], k)),
+        });
+        let from_early = self.early.peek().map(|Reverse((at, k))| (key(*at), *k));
+        match (from_buckets, from_early) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b.1 } else { a.1 }),
+            (a, b) => a.or(b).map(|x| x.1),
+        }
+    }
+
     /// Takes a timer at the earliest time held.
-    fn pop(&mut self) -> Option<(Millis, K)> {
+    pub fn pop(&mut self) -> Option<(Millis, K)> {
         let from_early = self.early.peek().map(|Reverse((at, _))| *at);
         let lowest = self.lowest();
         let popped = match lowest {
@@ -313,6 +349,29 @@ mod tests {
         assert_eq!(t.pop_due(30).map(|x| x.0), Some(30));
         assert_eq!(t.pop_due(30).map(|x| x.0), Some(30));
         assert!(t.is_empty());
+    }
+
+    /// `peek` names a key at the time the next pop takes (keys here are their times), so the
+    /// loads it hints at are the right ones.
+    #[test]
+    fn radix_peek_is_at_the_next_pops_time() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+        let mut h = super::RadixHeap::default();
+        let mut now: Millis = 0;
+        for _ in 0..100_000 {
+            if rng.random_range(0..3) < 2 {
+                let at = now + rng.random_range(-20..400_000);
+                h.push(at, at);
+            } else {
+                let peeked = h.peek();
+                let popped = h.pop();
+                assert_eq!(peeked, popped.map(|(at, _)| at));
+                if let Some((at, _)) = popped {
+                    now = at;
+                }
+            }
+        }
     }
 
     /// Against a sorted model: random times (negative ones, far ones, many equal), timers

@@ -44,6 +44,29 @@ impl<V> PairMap<V> {
         i
     }
 
+    /// Asks the CPU to load the line where `p`'s probe starts: a hint for an access a few
+    /// events ahead, which then finds the line in the cache instead of waiting on memory.
+    pub fn prefetch(&self, p: Pair) {
+        crate::prefetch(&self.slots[fibonacci_slot(p.0, self.slots.len())]);
+    }
+
+    /// The two steps of a hint for a walk over pairs whose values point elsewhere: loads the
+    /// slot of `far`, and what `inner` reaches from the value of `near` (a pair that was `far`
+    /// a few steps ago, so its slot is in the cache by now).
+    pub fn prefetch_walk<T>(
+        &self,
+        far: Option<Pair>,
+        near: Option<Pair>,
+        inner: impl FnOnce(&V) -> Option<&T>,
+    ) {
+        if let Some(far) = far {
+            self.prefetch(far);
+        }
+        if let Some(x) = near.and_then(|p| self.get(&p)).and_then(inner) {
+            crate::prefetch(x);
+        }
+    }
+
     pub fn get(&self, p: &Pair) -> Option<&V> {
         self.slots[self.find(*p)].as_ref().map(|(_, v)| v)
     }

@@ -7,7 +7,7 @@ use crate::engine::output::Session;
 use crate::event::Millis;
 
 use super::pairmap::PairMap;
-use super::{LazyTimers, Pair, Touch, channel_bit, channel_names};
+use super::{LazyTimers, Pair, TIMER_AHEAD, Touch, channel_bit, channel_names};
 
 #[derive(Debug, Clone)]
 struct Open {
@@ -114,6 +114,10 @@ impl Sessions {
     pub fn on_watermark(&mut self, w: Millis, dir: &Directory, out: &mut Vec<Session>) {
         let gap = self.gap_ms;
         while let Some((_, pair)) = self.timers.pop_due(w) {
+            if let Some(next) = self.timers.upcoming(TIMER_AHEAD) {
+                self.pairs.prefetch(next);
+                dir.prefetch_customer_id(next.customer());
+            }
             let Some(p) = self.pairs.get_mut(&pair) else {
                 continue;
             };
