@@ -35,6 +35,14 @@ pub struct Region {
     pub routes: String,
 }
 
+/// Which id names a rep or a customer: touchstream's own, WeCom's or DingTalk's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    Id,
+    Wecom,
+    Dingtalk,
+}
+
 /// Index of a rep in `Directory::reps`.
 pub type RepIx = u32;
 /// Index of a customer in `Directory::customers`.
@@ -182,6 +190,23 @@ impl Directory {
     }
     pub fn customer(&self, customer_id: &str) -> Option<CustomerIx> {
         self.customer_by_id.get(customer_id)
+    }
+    /// Asks the CPU to load what the lookup of a rep by `id` (of `kind`) a few events ahead
+    /// will read.
+    pub fn prefetch_rep(&self, kind: IdKind, id: &str) {
+        match kind {
+            IdKind::Id => self.rep_by_id.prefetch(id),
+            IdKind::Wecom => self.rep_by_wecom.prefetch(id),
+            IdKind::Dingtalk => self.rep_by_dingtalk.prefetch(id),
+        }
+    }
+    /// Asks the CPU to load what the lookup of a customer by `id` (of `kind`) will read.
+    pub fn prefetch_customer(&self, kind: IdKind, id: &str) {
+        match kind {
+            IdKind::Id => self.customer_by_id.prefetch(id),
+            IdKind::Wecom => self.customer_by_wecom.prefetch(id),
+            IdKind::Dingtalk => {}
+        }
     }
     pub fn customer_by_wecom(&self, external_userid: &str) -> Option<CustomerIx> {
         self.customer_by_wecom.get(external_userid)

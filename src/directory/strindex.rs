@@ -30,6 +30,15 @@ impl StrIndex {
         i
     }
 
+    /// Asks the CPU to load the line where `key`'s probe starts, for a lookup a few events
+    /// ahead.
+    pub fn prefetch(&self, key: &str) {
+        if !self.slots.is_empty() {
+            let home = crate::probe::fibonacci_slot(hash(key), self.slots.len());
+            crate::prefetch(&self.slots[home]);
+        }
+    }
+
     pub fn get(&self, key: &str) -> Option<u32> {
         if self.slots.is_empty() {
             return None;

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::Pipeline;
-use crate::directory::Directory;
-use crate::event::{self, ApprovalType, Body, Channel, Kind, Millis, RejectReason};
+use crate::directory::{Directory, IdKind};
+use crate::event::{self, ApprovalType, Body, Channel, Event, Kind, Millis, RejectReason};
 use crate::operators::actions::{ActionLog, ActionRow};
 use crate::operators::assets::{AssetJoin, Exclusion};
 use crate::operators::cdi::PairAggregates;
@@ -136,22 +136,11 @@ fn report(done: datafusion::error::Result<()>) {
     }
 }
 
-/// How many lines ahead `process` loads the dedup set's line, and how many expiries ahead
-/// `advance` does: far enough for the load to finish, near enough to stay in cache.
-const PREFETCH_AHEAD: usize = 8;
+/// How many lines ahead `process` decodes (and loads what their lookups read), and how many
+/// expiries ahead `advance` loads the dedup set's line: far enough for the load to finish,
+/// near enough to stay in cache.
+const DECODE_AHEAD: usize = 8;
 const EXPIRE_AHEAD: usize = 8;
-/// Longest event_id the prefetch looks for (a longer one is still deduplicated, unhinted).
-const MAX_ID_SCAN: usize = 128;
-
-/// The event_id of a line that starts with it, unescaped (`{"event_id":"…"`), else None. Used
-/// only to prefetch: a line it misses is deduplicated all the same.
-fn plain_event_id(raw: &[u8]) -> Option<&str> {
-    let rest = raw.strip_prefix(b"{\"event_id\":\"")?;
-    let end = rest.iter().take(MAX_ID_SCAN).position(|b| *b == b'"')?;
-    let id = std::str::from_utf8(&rest[..end]).ok()?;
-    (!id.contains('\\')).then_some(id)
-}
-
 fn kind_ix(k: Kind) -> usize {
     k as usize
 }
@@ -254,20 +243,29 @@ impl Engine {
     }
 
     /// Processes one micro-batch of input messages, in arrival order.
+    ///
+    /// Lines are decoded `DECODE_AHEAD` places ahead of the one ingested: decoding is pure, and
+    /// a decoded line names what its ingest will look up (its event_id in the dedup set, its
+    /// rep and customer in the directory), so those lines are loaded while the lines before it
+    /// are ingested instead of being waited for.
     pub fn process(&mut self, batch: &[Input<'_>], now: Millis) -> Outputs {
         let mut out = Outputs::default();
+        let mut decoded = VecDeque::with_capacity(DECODE_AHEAD + 1);
+        for input in batch.iter().take(DECODE_AHEAD) {
+            decoded.push_back(self.decode_ahead(input.raw));
+        }
         for (i, input) in batch.iter().enumerate() {
-            if let Some(ahead) = batch.get(i + PREFETCH_AHEAD) {
-                self.prefetch_dedup(ahead.raw);
+            if let Some(later) = batch.get(i + DECODE_AHEAD) {
+                decoded.push_back(self.decode_ahead(later.raw));
             }
-            // The line the dedup hint will read next: input lines are often cold by now.
-            if let Some(first) = batch
-                .get(i + 2 * PREFETCH_AHEAD)
-                .and_then(|l| l.raw.first())
-            {
+            // The line decoded next: input lines are often cold by now.
+            if let Some(first) = batch.get(i + 2 * DECODE_AHEAD).and_then(|l| l.raw.first()) {
                 crate::prefetch(first);
             }
-            if self.ingest(input, now, &mut out) == Ingested::Refused {
+            let Some(ev) = decoded.pop_front() else {
+                break;
+            };
+            if self.ingest(input, ev, now, &mut out) == Ingested::Refused {
                 out.refused.push(i);
             }
         }
@@ -275,13 +273,33 @@ impl Engine {
         out
     }
 
-    /// Loads the dedup set's cache line for a line a few places ahead, so that its insert does
-    /// not wait on memory. Only a hint: it reads the id of lines that start with it plainly (as
-    /// the SDK and `gen` write them) and skips any other line.
-    fn prefetch_dedup(&self, raw: &[u8]) {
-        if let Some(id) = plain_event_id(raw) {
-            self.dedup.prefetch(id_hash(id));
+    /// Decodes a line a few places ahead of the one ingested, and loads what its lookups will
+    /// read.
+    fn decode_ahead(&self, raw: &[u8]) -> Result<Event, event::Rejection> {
+        let decoded = event::decode(raw);
+        if let Ok(ev) = &decoded {
+            self.dedup.prefetch(id_hash(&ev.event_id));
+            let dir = &*self.dir;
+            match &ev.body {
+                Body::CrmAction(a) => {
+                    dir.prefetch_rep(IdKind::Id, &a.rep_id);
+                    dir.prefetch_customer(IdKind::Id, &a.customer_id);
+                }
+                Body::DingtalkApproval(a) => {
+                    dir.prefetch_rep(IdKind::Dingtalk, &a.staff_id);
+                    if let Some(c) = &a.customer_id {
+                        dir.prefetch_customer(IdKind::Id, c);
+                    }
+                }
+                Body::WecomPresence(p) => dir.prefetch_customer(IdKind::Wecom, &p.external_userid),
+                Body::WecomMessage(m) => {
+                    dir.prefetch_rep(IdKind::Wecom, &m.wecom_userid);
+                    dir.prefetch_customer(IdKind::Wecom, &m.external_userid);
+                }
+                Body::PixelHit(_) | Body::WebHit(_) => {}
+            }
         }
+        decoded
     }
 
     /// Moves the watermark to `watermark` (never backwards) and fires what is due: idle
@@ -371,9 +389,16 @@ impl Engine {
         );
     }
 
-    fn ingest(&mut self, input: &Input<'_>, now: Millis, out: &mut Outputs) -> Ingested {
+    /// Takes one input message, `decoded` from its bytes.
+    fn ingest(
+        &mut self,
+        input: &Input<'_>,
+        decoded: Result<Event, event::Rejection>,
+        now: Millis,
+        out: &mut Outputs,
+    ) -> Ingested {
         let clock = self.clock(now);
-        let mut ev = match event::decode(input.raw) {
+        let mut ev = match decoded {
             Ok(ev) => ev,
             Err(rej) => {
                 let reason = match rej.reason {
@@ -896,51 +921,6 @@ impl Engine {
     pub fn emit_state_metrics(&self) {
         for (name, n) in self.state_sizes() {
             metrics::gauge!(m::STATE_ENTRIES, "state" => name).set(n as f64);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::plain_event_id;
-    use crate::event;
-    use crate::r#gen::{GenArgs, generate};
-
-    /// The prefetch hint reads the id the decoder reads, for every line `gen` writes (noise
-    /// included), and reads nothing it should not: escaped or misplaced ids are skipped.
-    #[test]
-    fn the_prefetch_scan_reads_the_decoded_event_id() {
-        let args = GenArgs {
-            reps: 20,
-            customers_per_rep: 10,
-            days: 3,
-            noise: 0.05,
-            ..GenArgs::default()
-        };
-        let workload = generate(&args).expect("workload");
-        let mut hinted = 0;
-        for line in &workload.events {
-            if let (Some(id), Ok(ev)) = (
-                plain_event_id(line.as_bytes()),
-                event::decode(line.as_bytes()),
-            ) {
-                assert_eq!(id, ev.event_id, "{line}");
-                hinted += 1;
-            }
-        }
-        // Without the hint the dedup set's loads wait on memory: it must cover nearly all.
-        assert!(
-            hinted * 100 >= workload.events.len() * 95,
-            "{hinted} of {}",
-            workload.events.len()
-        );
-        for skipped in [
-            &br#"{"event_id":"e\"1","kind":"crm.action"}"#[..],
-            br#"{"kind":"crm.action","event_id":"e1"}"#,
-            br#" {"event_id":"e1"}"#,
-            br#"{"event_id":"e1"#,
-        ] {
-            assert_eq!(plain_event_id(skipped), None);
         }
     }
 }
