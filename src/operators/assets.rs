@@ -111,7 +111,9 @@ pub struct AssetJoin {
     pending_by_asset: HashMap<Box<str>, Vec<u64>>,
     pending_timers: LazyTimers<u64>,
     next_pending: u64,
-    presence: HashMap<CustomerIx, VecDeque<(Millis, bool)>>,
+    presence: Vec<VecDeque<(Millis, bool)>>,
+    /// Customers with a presence history (non-empty entries of `presence`).
+    presence_customers: usize,
     links: PairMap<PairLinks>,
     link_timers: LazyTimers<Pair>,
     dirty: Vec<AssetIx>,
@@ -139,7 +141,8 @@ impl AssetJoin {
             pending_by_asset: HashMap::default(),
             pending_timers: LazyTimers::default(),
             next_pending: 0,
-            presence: HashMap::default(),
+            presence: Vec::new(),
+            presence_customers: 0,
             links: PairMap::default(),
             link_timers: LazyTimers::default(),
             dirty: Vec::new(),
@@ -231,7 +234,7 @@ impl AssetJoin {
         }
         let online_at_send = self
             .presence
-            .get(&pair.customer())
+            .get(pair.customer() as usize)
             .and_then(|h| h.iter().rev().find(|(t, _)| *t <= ev.t))
             .is_some_and(|(_, online)| *online);
         let links = self.links.entry_or_default(pair);
@@ -359,7 +362,14 @@ impl AssetJoin {
 
     /// A `wecom.presence` change.
     pub fn on_presence(&mut self, customer: CustomerIx, t: Millis, online: bool) {
-        let h = self.presence.entry(customer).or_default();
+        // Indexed by customer: directory indices are dense, and a customer's presence stays
+        // known (its last change) for the as-of join.
+        let ix = customer as usize;
+        if self.presence.len() <= ix {
+            self.presence.resize_with(ix + 1, VecDeque::new);
+        }
+        let h = &mut self.presence[ix];
+        self.presence_customers += h.is_empty() as usize;
         let pos = h.partition_point(|(x, _)| *x <= t);
         h.insert(pos, (t, online));
         // Keep the retention window, plus the last change before it (the as-of value there).
@@ -542,7 +552,7 @@ impl AssetJoin {
         [
             ("assets", self.by_id.len()),
             ("pending_hits", self.pending.len()),
-            ("presence_customers", self.presence.len()),
+            ("presence_customers", self.presence_customers),
         ]
     }
 }

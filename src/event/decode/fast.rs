@@ -18,8 +18,9 @@ pub(super) fn scan(raw: &[u8]) -> Option<Raw<'_>> {
 /// Fills `r` (given empty) from `raw` when the line is plain; `None` sends it to serde_json,
 /// and `r` is then to be dropped. `Raw` is about a kilobyte: filled in place, never moved.
 pub(super) fn scan_into<'a>(raw: &'a [u8], r: &mut Raw<'a>) -> Option<()> {
-    // One check up front lets every string below borrow without its own check.
-    let text = std::str::from_utf8(raw).ok()?;
+    // One check up front lets every string below borrow without its own check (SIMD: several
+    // times faster than `str::from_utf8` on ASCII lines).
+    let text = simdutf8::basic::from_utf8(raw).ok()?;
     let b = raw;
     let mut i = ws(b, 0);
     if b.get(i) != Some(&b'{') {
