@@ -17,10 +17,15 @@ fn hash(s: &str) -> u64 {
 }
 
 impl StrIndex {
+    /// Where `key`'s probe starts (the table is not empty).
+    fn home(&self, key: &str) -> usize {
+        crate::probe::fibonacci_slot(hash(key), self.slots.len())
+    }
+
     /// The slot holding `key`, or the free slot that ends its probe (the table is not empty).
     fn find(&self, key: &str) -> usize {
         let mask = self.slots.len() - 1;
-        let mut i = crate::probe::fibonacci_slot(hash(key), self.slots.len());
+        let mut i = self.home(key);
         while let Some((k, _)) = &self.slots[i] {
             if k == key {
                 break;
@@ -34,8 +39,7 @@ impl StrIndex {
     /// ahead.
     pub fn prefetch(&self, key: &str) {
         if !self.slots.is_empty() {
-            let home = crate::probe::fibonacci_slot(hash(key), self.slots.len());
-            crate::prefetch(&self.slots[home]);
+            crate::prefetch(&self.slots[self.home(key)]);
         }
     }
 

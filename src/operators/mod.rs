@@ -187,8 +187,7 @@ pub struct RadixHeap<K: Ord> {
     floor: u64,
     buckets: Vec<Vec<(u64, K)>>,
     /// Earliest time in each non-empty bucket, and a key at that time.
-    mins: [u64; 65],
-    min_keys: [Option<K>; 65],
+    mins: [Option<(u64, K)>; 65],
     /// Bit b set when bucket b holds a timer.
     occupied: u128,
     early: BinaryHeap<Reverse<(Millis, K)>>,
@@ -200,8 +199,7 @@ impl<K: Ord + Copy> Default for RadixHeap<K> {
         RadixHeap {
             floor: 0,
             buckets: (0..65).map(|_| Vec::new()).collect(),
-            mins: [0; 65],
-            min_keys: [None; 65],
+            mins: [None; 65],
             occupied: 0,
             early: BinaryHeap::new(),
             len: 0,
@@ -231,10 +229,9 @@ impl<K: Ord + Copy> RadixHeap<K> {
 
     fn put(&mut self, u: u64, k: K) {
         let b = (64 - (u ^ self.floor).leading_zeros()) as usize;
-        if self.occupied & (1 << b) == 0 || u < self.mins[b] {
+        if self.occupied & (1 << b) == 0 || self.mins[b].is_none_or(|(m, _)| u < m) {
             self.occupied |= 1 << b;
-            self.mins[b] = u;
-            self.min_keys[b] = Some(k);
+            self.mins[b] = Some((u, k));
         }
         self.buckets[b].push((u, k));
     }
@@ -251,39 +248,43 @@ impl<K: Ord + Copy> RadixHeap<K> {
         (self.occupied != 0).then(|| self.occupied.trailing_zeros() as usize)
     }
 
-    /// The earliest time held.
-    pub fn min(&self) -> Option<Millis> {
-        let from_buckets = self.lowest().map(|b| time(self.mins[b]));
-        let from_early = self.early.peek().map(|Reverse((at, _))| *at);
+    /// Where the next pop comes from: its time, its key, and the bucket it is in (None: the
+    /// early heap, which wins ties).
+    fn head(&self) -> Option<(u64, K, Option<usize>)> {
+        let from_early = self
+            .early
+            .peek()
+            .map(|Reverse((at, k))| (key(*at), *k, None));
+        let from_buckets = self.lowest().and_then(|b| {
+            let (u, k) = self.mins[b]?;
+            // Bucket 0 holds one time; a pop takes its last timer.
+            let k = if b == 0 { self.buckets[0].last()?.1 } else { k };
+            Some((u, k, Some(b)))
+        });
         match (from_buckets, from_early) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+            (Some(a), Some(e)) => Some(if a.0 < e.0 { a } else { e }),
+            (a, e) => a.or(e),
         }
     }
 
-    /// The key the next `pop` takes, or another at its time: a hint for loading what the pop
-    /// will need.
+    /// The earliest time held.
+    pub fn min(&self) -> Option<Millis> {
+        self.head().map(|(u, _, _)| time(u))
+    }
+
+    /// The key the next `pop` takes: a hint for loading what the pop will need.
     pub fn peek(&self) -> Option<K> {
-        let from_buckets = self.lowest().and_then(|b| match b {
-            0 => self.buckets[0].last().copied(),
-            _ => self.min_keys[b].map(|k| (self.mins[b], k)),
-        });
-        let from_early = self.early.peek().map(|Reverse((at, k))| (key(*at), *k));
-        match (from_buckets, from_early) {
-            (Some(a), Some(b)) => Some(if b.0 < a.0 { b.1 } else { a.1 }),
-            (a, b) => a.or(b).map(|x| x.1),
-        }
+        self.head().map(|(_, k, _)| k)
     }
 
     /// Takes a timer at the earliest time held.
     pub fn pop(&mut self) -> Option<(Millis, K)> {
-        let from_early = self.early.peek().map(|Reverse((at, _))| *at);
-        let lowest = self.lowest();
-        let popped = match lowest {
-            Some(b) if from_early.is_none_or(|e| time(self.mins[b]) < e) => {
+        let popped = match self.head()? {
+            (_, _, None) => self.early.pop().map(|Reverse(x)| x),
+            (floor, _, Some(b)) => {
                 if b > 0 {
                     // Spread the lowest bucket below the new floor, its earliest time.
-                    self.floor = self.mins[b];
+                    self.floor = floor;
                     self.occupied &= !(1 << b);
                     let mut items = std::mem::take(&mut self.buckets[b]);
                     for (u, k) in items.drain(..) {
@@ -297,7 +298,6 @@ impl<K: Ord + Copy> RadixHeap<K> {
                 }
                 taken.map(|(u, k)| (time(u), k))
             }
-            _ => self.early.pop().map(|Reverse(x)| x),
         };
         self.len -= popped.is_some() as usize;
         popped

@@ -30,11 +30,15 @@ impl<V> PairMap<V> {
         self.len == 0
     }
 
-    /// The slot holding `p`, or the free slot that ends its probe. Home slots come from a
-    /// Fibonacci hash: a rep's customers have nearby indices.
+    /// Where `p`'s probe starts: a Fibonacci hash, as a rep's customers have nearby indices.
+    fn home(&self, p: Pair) -> usize {
+        fibonacci_slot(p.0, self.slots.len())
+    }
+
+    /// The slot holding `p`, or the free slot that ends its probe.
     fn find(&self, p: Pair) -> usize {
         let mask = self.slots.len() - 1;
-        let mut i = fibonacci_slot(p.0, self.slots.len());
+        let mut i = self.home(p);
         while let Some((k, _)) = &self.slots[i] {
             if *k == p {
                 break;
@@ -47,7 +51,7 @@ impl<V> PairMap<V> {
     /// Asks the CPU to load the line where `p`'s probe starts: a hint for an access a few
     /// events ahead, which then finds the line in the cache instead of waiting on memory.
     pub fn prefetch(&self, p: Pair) {
-        crate::prefetch(&self.slots[fibonacci_slot(p.0, self.slots.len())]);
+        crate::prefetch(&self.slots[self.home(p)]);
     }
 
     /// The two steps of a hint for a walk over pairs whose values point elsewhere: loads the
