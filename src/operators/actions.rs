@@ -134,12 +134,10 @@ impl ActionLog {
     /// Drops rows whose retention ended at the watermark `w`.
     pub fn on_watermark(&mut self, w: Millis) {
         while let Some((_, ix)) = self.expiry.pop_due(w) {
-            if let Some(slot) = self
-                .expiry
-                .upcoming(TIMER_AHEAD)
-                .and_then(|next| self.slab.get(next as usize))
-            {
-                crate::prefetch(slot);
+            for next in self.expiry.upcoming(TIMER_AHEAD) {
+                if let Some(slot) = self.slab.get(next as usize) {
+                    crate::prefetch(slot);
+                }
             }
             let Some(row) = self.slab.get_mut(ix as usize).and_then(Option::take) else {
                 continue;

@@ -215,11 +215,9 @@ impl PairAggregates {
     fn expire(&mut self, w: Millis) {
         let cut = w - self.window_ms;
         while let Some((_, p)) = self.timers.pop_due(w) {
-            self.pairs.prefetch_walk(
-                self.timers.upcoming(2 * TIMER_AHEAD),
-                self.timers.upcoming(TIMER_AHEAD),
-                VecDeque::front,
-            );
+            for (far, near) in self.timers.upcoming_walk(2 * TIMER_AHEAD, TIMER_AHEAD) {
+                self.pairs.prefetch_walk(far, near, VecDeque::front);
+            }
             let Some(buckets) = self.pairs.get_mut(&p) else {
                 continue;
             };

@@ -124,11 +124,10 @@ impl ProcessHealth {
     pub fn on_watermark(&mut self, w: Millis) {
         let cut = w - self.window_ms;
         while let Some((_, pair)) = self.timers.pop_due(w) {
-            self.session_starts.prefetch_walk(
-                self.timers.upcoming(2 * TIMER_AHEAD),
-                self.timers.upcoming(TIMER_AHEAD),
-                VecDeque::front,
-            );
+            for (far, near) in self.timers.upcoming_walk(2 * TIMER_AHEAD, TIMER_AHEAD) {
+                self.session_starts
+                    .prefetch_walk(far, near, VecDeque::front);
+            }
             let Some(starts) = self.session_starts.get_mut(&pair) else {
                 continue;
             };

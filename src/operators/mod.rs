@@ -122,18 +122,25 @@ pub const TIMER_AHEAD: usize = 8;
 /// (cheaper than keeping an ordered index in sync on every event).
 ///
 /// Operators see events in effective-time order, so most timers are scheduled no earlier than
-/// the last one: those go to a FIFO, which pops in O(1) and reads memory in order. The rest
-/// (rescheduled timers, late events) go to a radix heap; a pop takes the earlier of the two.
+/// the last one of their kind: an operator with two kinds of timer (a session's close and its
+/// forget, a rule's 1-day and 5-day deadlines) schedules two in-order sequences interleaved.
+/// Each sequence finds a FIFO lane of its own (the lane whose last timer is the latest not
+/// after it), which pops in O(1), reads memory in order and can name the keys a few pops
+/// ahead. The rest (rescheduled timers, late events) go to a radix heap; a pop takes the
+/// earliest of all.
 #[derive(Debug)]
 pub struct LazyTimers<K: Ord> {
-    fifo: VecDeque<(Millis, K)>,
+    lanes: [VecDeque<(Millis, K)>; TIMER_LANES],
     rest: RadixHeap<K>,
 }
+
+/// FIFO lanes of `LazyTimers`: enough for the in-order sequences one operator schedules.
+const TIMER_LANES: usize = 3;
 
 impl<K: Ord + Copy> Default for LazyTimers<K> {
     fn default() -> Self {
         LazyTimers {
-            fifo: VecDeque::new(),
+            lanes: Default::default(),
             rest: RadixHeap::default(),
         }
     }
@@ -141,33 +148,70 @@ impl<K: Ord + Copy> Default for LazyTimers<K> {
 
 impl<K: Ord + Copy> LazyTimers<K> {
     pub fn schedule(&mut self, at: Millis, k: K) {
-        match self.fifo.back() {
-            Some((last, _)) if at < *last => self.rest.push(at, k),
-            _ => self.fifo.push_back((at, k)),
+        // Best fit: the lane whose last timer is the latest at or before `at`, else an empty
+        // lane, else the heap.
+        let mut best: Option<(Millis, usize)> = None;
+        for (i, lane) in self.lanes.iter().enumerate() {
+            let last = lane.back().map_or(Millis::MIN, |(t, _)| *t);
+            if last <= at && best.is_none_or(|(b, _)| last > b) {
+                best = Some((last, i));
+            }
+        }
+        match best {
+            Some((_, i)) => self.lanes[i].push_back((at, k)),
+            None => self.rest.push(at, k),
         }
     }
 
-    /// Pops the next timer due at or before `now`, earliest first.
+    /// Pops the next timer due at or before `now`, earliest first (ties: the lowest lane,
+    /// then the heap).
     pub fn pop_due(&mut self, now: Millis) -> Option<(Millis, K)> {
-        let from_fifo = self.fifo.front().map(|(at, _)| *at).filter(|at| *at <= now);
-        let from_rest = self.rest.min().filter(|at| *at <= now);
-        match (from_fifo, from_rest) {
-            (Some(a), Some(b)) if b < a => self.rest.pop(),
-            (Some(_), _) => self.fifo.pop_front(),
+        let mut first: Option<(Millis, usize)> = None;
+        for (i, lane) in self.lanes.iter().enumerate() {
+            if let Some((at, _)) = lane.front()
+                && *at <= now
+                && first.is_none_or(|(f, _)| *at < f)
+            {
+                first = Some((*at, i));
+            }
+        }
+        match (first, self.rest.min().filter(|at| *at <= now)) {
+            (Some((a, _)), Some(b)) if b < a => self.rest.pop(),
+            (Some((_, i)), _) => self.lanes[i].pop_front(),
             (None, Some(_)) => self.rest.pop(),
             (None, None) => None,
         }
     }
 
-    /// The key of a timer a few pops ahead, when the in-order timers reach that far: a hint
-    /// of the state the pops will read, so that it can be loaded early. Not exact (the rest may
-    /// interleave).
-    pub fn upcoming(&self, ahead: usize) -> Option<K> {
-        self.fifo.get(ahead).map(|(_, k)| *k)
+    /// The keys of timers a few pops ahead in each lane that reaches that far: hints of the
+    /// state the pops will read, so that it can be loaded early. Not exact (lanes and the
+    /// heap interleave).
+    pub fn upcoming(&self, ahead: usize) -> impl Iterator<Item = K> + '_ {
+        self.lanes
+            .iter()
+            .filter_map(move |lane| lane.get(ahead).map(|(_, k)| *k))
+    }
+
+    /// Per lane, the keys `far` and `near` pops ahead: the two steps of a hint whose second
+    /// load depends on the first (see `PairMap::prefetch_walk`).
+    pub fn upcoming_walk(
+        &self,
+        far: usize,
+        near: usize,
+    ) -> impl Iterator<Item = (Option<K>, Option<K>)> + '_ {
+        self.lanes
+            .iter()
+            .filter(move |lane| lane.len() > near)
+            .map(move |lane| {
+                (
+                    lane.get(far).map(|(_, k)| *k),
+                    lane.get(near).map(|(_, k)| *k),
+                )
+            })
     }
 
     pub fn len(&self) -> usize {
-        self.fifo.len() + self.rest.len()
+        self.lanes.iter().map(VecDeque::len).sum::<usize>() + self.rest.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -349,6 +393,35 @@ mod tests {
         assert_eq!(t.pop_due(30).map(|x| x.0), Some(30));
         assert_eq!(t.pop_due(30).map(|x| x.0), Some(30));
         assert!(t.is_empty());
+    }
+
+    /// Two in-order sequences scheduled interleaved (a session's close and, later, its forget)
+    /// each keep a FIFO lane, so none of them waits in the heap and `upcoming` names keys of
+    /// both; a timer behind every lane goes to the heap, and all pop in time order.
+    #[test]
+    fn interleaved_in_order_sequences_get_lanes_of_their_own() {
+        let mut t = LazyTimers::default();
+        for i in 0..1_000 {
+            t.schedule(10 * i, i as u32);
+            t.schedule(10 * i - 5_000, 100_000 + i as u32);
+        }
+        assert_eq!(t.rest.len(), 0);
+        let mut ahead: Vec<u32> = t.upcoming(3).collect();
+        ahead.sort_unstable();
+        assert_eq!(ahead, [3, 100_003]);
+        // The third lane takes the next timer behind both; one behind all three waits in the heap.
+        t.schedule(-6_000, 7);
+        assert_eq!(t.rest.len(), 0);
+        t.schedule(-7_000, 8);
+        assert_eq!(t.rest.len(), 1);
+        let mut last = Millis::MIN;
+        let mut n = 0;
+        while let Some((at, _)) = t.pop_due(Millis::MAX) {
+            assert!(at >= last);
+            last = at;
+            n += 1;
+        }
+        assert_eq!(n, 2_002);
     }
 
     /// `peek` names a key at the time the next pop takes (keys here are their times), so the

@@ -114,7 +114,7 @@ impl Sessions {
     pub fn on_watermark(&mut self, w: Millis, dir: &Directory, out: &mut Vec<Session>) {
         let gap = self.gap_ms;
         while let Some((_, pair)) = self.timers.pop_due(w) {
-            if let Some(next) = self.timers.upcoming(TIMER_AHEAD) {
+            for next in self.timers.upcoming(TIMER_AHEAD) {
                 self.pairs.prefetch(next);
                 dir.prefetch_customer_id(next.customer());
             }
