@@ -86,6 +86,7 @@ pub(super) async fn run_with(
     let stop = super::stop_on(shutdown, "stop requested: finishing the batch in flight");
     let (metrics_addr, server) =
         exporter::bind(args.metrics_addr, exporter::install(), stop.wait()).await?;
+    crate::telemetry::zero_rule_series(pipeline.rules.iter().map(|r| r.name.as_str()));
     tokio::spawn(server);
     tracing::info!("metrics on http://{metrics_addr}/metrics");
     on_metrics(metrics_addr);

@@ -5,6 +5,20 @@
 pub mod exporter;
 pub mod health;
 
+use crate::engine::output::AlertStatus;
+
+/// Starts each rule's alert series at zero, so that the first alerts of a rule are an increase
+/// that `rate()` sees; a series that first appears with its final value (all of a run's
+/// alerts fired between two scrapes) would read as no alerts at all.
+pub fn zero_rule_series<'a>(rules: impl IntoIterator<Item = &'a str>) {
+    for rule in rules {
+        metrics::histogram!(ALERT_LATENCY_SECONDS, "rule" => rule.to_owned());
+        for status in [AlertStatus::Firing, AlertStatus::Resolved] {
+            metrics::counter!(ALERTS, "rule" => rule.to_owned(), "status" => status.as_str());
+        }
+    }
+}
+
 /// Input events accepted by the decoder, label `kind`.
 pub const EVENTS_IN: &str = "touchstream_events_in_total";
 /// Dead letters written, label `reason`.
@@ -138,3 +152,33 @@ pub const ALERT_LATENCY_BUCKETS: &[f64] = &[
 /// Histogram buckets for events per batch.
 pub const BATCH_EVENTS_BUCKETS: &[f64] =
     &[1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0];
+
+#[cfg(test)]
+mod tests {
+    /// Before any alert, /metrics already shows each rule's latency histogram and alert
+    /// counters at zero (Prometheus text format, as scraped).
+    #[test]
+    fn rule_series_start_at_zero() {
+        let recorder = super::exporter::recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            super::zero_rule_series(["quote_hot_no_contract", "ghost_followup"]);
+        });
+        let text = handle.render();
+        for rule in ["quote_hot_no_contract", "ghost_followup"] {
+            for line in [
+                format!("touchstream_alert_latency_seconds_count{{rule=\"{rule}\"}} 0"),
+                format!(
+                    "touchstream_alert_latency_seconds_bucket{{rule=\"{rule}\",le=\"+Inf\"}} 0"
+                ),
+                format!("touchstream_alerts_total{{rule=\"{rule}\",status=\"firing\"}} 0"),
+                format!("touchstream_alerts_total{{rule=\"{rule}\",status=\"resolved\"}} 0"),
+            ] {
+                assert!(
+                    text.lines().any(|l| l == line),
+                    "{line} missing from:\n{text}"
+                );
+            }
+        }
+    }
+}
