@@ -12,9 +12,11 @@ use crate::engine::output::AlertStatus;
 /// alerts fired between two scrapes) would read as no alerts at all.
 pub fn zero_rule_series<'a>(rules: impl IntoIterator<Item = &'a str>) {
     for rule in rules {
-        metrics::histogram!(ALERT_LATENCY_SECONDS, "rule" => rule.to_owned());
+        // Taking the handle registers the series; the exporter renders it with no samples.
+        let _ = metrics::histogram!(ALERT_LATENCY_SECONDS, "rule" => rule.to_owned());
         for status in [AlertStatus::Firing, AlertStatus::Resolved] {
-            metrics::counter!(ALERTS, "rule" => rule.to_owned(), "status" => status.as_str());
+            metrics::counter!(ALERTS, "rule" => rule.to_owned(), "status" => status.as_str())
+                .increment(0);
         }
     }
 }
