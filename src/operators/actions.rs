@@ -5,7 +5,6 @@
 use std::collections::VecDeque;
 
 use compact_str::CompactString;
-use rustc_hash::FxHashMap as HashMap;
 
 use crate::directory::RepIx;
 use crate::event::{Action, Channel, Millis};
@@ -39,8 +38,9 @@ pub struct ActionLog {
     retention_ms: Millis,
     slab: Vec<Option<ActionRow>>,
     free: Vec<ActionIx>,
-    /// Each rep's rows in arrival order (nearly time order: expiry pops from the front).
-    by_rep: HashMap<RepIx, VecDeque<ActionIx>>,
+    /// Each rep's rows in arrival order (nearly time order: expiry pops from the front), by
+    /// rep index (directory indices are dense).
+    by_rep: Vec<VecDeque<ActionIx>>,
     expiry: LazyTimers<ActionIx>,
     dirty: Vec<ActionIx>,
     /// Rows that arrived behind the watermark since the last `take_dirty`.
@@ -53,7 +53,7 @@ impl ActionLog {
             retention_ms: retention_seconds as Millis * 1000,
             slab: Vec::new(),
             free: Vec::new(),
-            by_rep: HashMap::default(),
+            by_rep: Vec::new(),
             expiry: LazyTimers::default(),
             dirty: Vec::new(),
             late: Vec::new(),
@@ -78,7 +78,7 @@ impl ActionLog {
 
     /// The retained rows of a rep.
     pub fn rows_of(&self, rep: RepIx) -> impl Iterator<Item = ActionIx> + '_ {
-        self.by_rep.get(&rep).into_iter().flatten().copied()
+        self.by_rep.get(rep as usize).into_iter().flatten().copied()
     }
 
     /// The rows of `rep` whose rule decision the watermark `w` already allows but which are
@@ -122,7 +122,10 @@ impl ActionLog {
                 (self.slab.len() - 1) as ActionIx
             }
         };
-        self.by_rep.entry(rep).or_default().push_back(ix);
+        if rep as usize >= self.by_rep.len() {
+            self.by_rep.resize_with(rep as usize + 1, VecDeque::new);
+        }
+        self.by_rep[rep as usize].push_back(ix);
         self.expiry
             .schedule(at.saturating_add(self.retention_ms), ix);
         self.dirty.push(ix);
@@ -134,26 +137,105 @@ impl ActionLog {
     /// Drops rows whose retention ended at the watermark `w`.
     pub fn on_watermark(&mut self, w: Millis) {
         while let Some((_, ix)) = self.expiry.pop_due(w) {
-            for next in self.expiry.upcoming(TIMER_AHEAD) {
-                if let Some(slot) = self.slab.get(next as usize) {
-                    crate::prefetch(slot);
-                }
-            }
+            self.prefetch_expiries();
             let Some(row) = self.slab.get_mut(ix as usize).and_then(Option::take) else {
                 continue;
             };
-            let rep = row.pair.rep();
-            if let Some(rows) = self.by_rep.get_mut(&rep) {
+            if let Some(rows) = self.by_rep.get_mut(row.pair.rep() as usize) {
                 if rows.front() == Some(&ix) {
                     rows.pop_front();
                 } else {
                     rows.retain(|r| *r != ix);
                 }
-                if rows.is_empty() {
-                    self.by_rep.remove(&rep);
-                }
             }
             self.free.push(ix);
         }
+    }
+
+    /// Loads what the expiries a few pops ahead will touch, one step of the chain each: the
+    /// row's slot 24 pops ahead, its rep's list 16 ahead (the row is cached by then), and the
+    /// list's front 8 ahead (the row to expire is usually the rep's oldest).
+    fn prefetch_expiries(&self) {
+        let row = |ix: ActionIx| self.slab.get(ix as usize);
+        let list = |ix: ActionIx| {
+            row(ix)
+                .and_then(Option::as_ref)
+                .and_then(|r| self.by_rep.get(r.pair.rep() as usize))
+        };
+        for ix in self.expiry.upcoming(3 * TIMER_AHEAD) {
+            if let Some(slot) = row(ix) {
+                crate::prefetch(slot);
+            }
+        }
+        for ix in self.expiry.upcoming(2 * TIMER_AHEAD) {
+            if let Some(rows) = list(ix) {
+                crate::prefetch(rows);
+            }
+        }
+        for ix in self.expiry.upcoming(TIMER_AHEAD) {
+            if let Some(front) = list(ix).and_then(VecDeque::front) {
+                crate::prefetch(front);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngExt, SeedableRng};
+
+    fn row(rep: RepIx, at: Millis, id: u32) -> ActionRow {
+        ActionRow {
+            event_id: format!("e{id}").into(),
+            pair: Pair::new(rep, id % 7),
+            action: Action::Visit,
+            channel: None,
+            city: None,
+            asset_id: None,
+            at,
+            late_w: None,
+            alerts: Vec::new(),
+            decision_due: Millis::MAX,
+        }
+    }
+
+    /// Each rep's retained rows, in arrival order, against a model that keeps every row until
+    /// the watermark passes its time plus the retention; times arrive jittered (late rows
+    /// expire out of arrival order) and freed slots are reused.
+    #[test]
+    fn rows_of_a_rep_agree_with_a_retention_model() {
+        let retention_ms = 3_600_000;
+        let mut log = ActionLog::new(3_600);
+        let mut model: Vec<(RepIx, Millis, ActionIx)> = Vec::new();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let mut now: Millis = 0;
+        let mut expired = 0;
+        for id in 0..30_000u32 {
+            now += rng.random_range(0..60_000);
+            let rep = rng.random_range(0..5);
+            let at = now - rng.random_range(0..600_000);
+            log.add(row(rep, at, id));
+            let ix = log.take_dirty().0[0];
+            assert_eq!(log.row(ix).map(|r| &*r.event_id), Some(&*format!("e{id}")));
+            model.push((rep, at, ix));
+            if id % 10 == 0 {
+                let w = now - 300_000;
+                log.on_watermark(w);
+                let before = model.len();
+                model.retain(|(_, at, _)| at + retention_ms > w);
+                expired += before - model.len();
+            }
+            for r in 0..5 {
+                let want: Vec<ActionIx> = model
+                    .iter()
+                    .filter(|(rep, _, _)| *rep == r)
+                    .map(|(_, _, ix)| *ix)
+                    .collect();
+                assert_eq!(log.rows_of(r).collect::<Vec<_>>(), want, "rep {r} row {id}");
+            }
+            assert_eq!(log.len(), model.len());
+        }
+        assert!(expired > 20_000, "{expired}");
     }
 }
