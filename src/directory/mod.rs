@@ -43,6 +43,25 @@ pub enum IdKind {
     Dingtalk,
 }
 
+impl IdKind {
+    /// The event field a rep's id of this kind comes from, as dead letters name it.
+    pub fn rep_field(self) -> &'static str {
+        match self {
+            IdKind::Id => "rep_id",
+            IdKind::Wecom => "WeCom wecom_userid",
+            IdKind::Dingtalk => "DingTalk staff_id",
+        }
+    }
+    /// The event field a customer's id of this kind comes from.
+    pub fn customer_field(self) -> &'static str {
+        match self {
+            IdKind::Id => "customer_id",
+            IdKind::Wecom => "WeCom external_userid",
+            IdKind::Dingtalk => "DingTalk customer id",
+        }
+    }
+}
+
 /// Index of a rep in `Directory::reps`.
 pub type RepIx = u32;
 /// Index of a customer in `Directory::customers`.
@@ -181,6 +200,22 @@ impl Directory {
 
     pub fn rep(&self, rep_id: &str) -> Option<RepIx> {
         self.rep_by_id.get(rep_id)
+    }
+    /// A rep by an id of `kind`.
+    pub fn rep_by(&self, kind: IdKind, id: &str) -> Option<RepIx> {
+        match kind {
+            IdKind::Id => self.rep(id),
+            IdKind::Wecom => self.rep_by_wecom(id),
+            IdKind::Dingtalk => self.rep_by_dingtalk(id),
+        }
+    }
+    /// A customer by an id of `kind` (customers have no DingTalk id).
+    pub fn customer_by(&self, kind: IdKind, id: &str) -> Option<CustomerIx> {
+        match kind {
+            IdKind::Id => self.customer(id),
+            IdKind::Wecom => self.customer_by_wecom(id),
+            IdKind::Dingtalk => None,
+        }
     }
     pub fn rep_by_wecom(&self, wecom_userid: &str) -> Option<RepIx> {
         self.rep_by_wecom.get(wecom_userid)

@@ -122,6 +122,30 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// An id of a rep or a customer in an event, and which kind of id it is.
+type NamedBy<'a> = (IdKind, &'a str);
+
+/// The ids that name an event's rep and customer, and which kind of id each is: exactly what
+/// `resolve` looks up and what `decode_ahead` loads early.
+fn pair_ids(body: &Body) -> (Option<NamedBy<'_>>, Option<NamedBy<'_>>) {
+    match body {
+        Body::CrmAction(a) => (
+            Some((IdKind::Id, &a.rep_id)),
+            Some((IdKind::Id, &a.customer_id)),
+        ),
+        Body::DingtalkApproval(a) => (
+            Some((IdKind::Dingtalk, &a.staff_id)),
+            a.customer_id.as_deref().map(|c| (IdKind::Id, c)),
+        ),
+        Body::WecomPresence(p) => (None, Some((IdKind::Wecom, &p.external_userid))),
+        Body::WecomMessage(m) => (
+            Some((IdKind::Wecom, &m.wecom_userid)),
+            Some((IdKind::Wecom, &m.external_userid)),
+        ),
+        Body::PixelHit(_) | Body::WebHit(_) => (None, None),
+    }
+}
+
 /// The 64-bit key that dedup remembers for an `event_id`: a fixed-seed, full-quality hash, so
 /// that the same id gives the same key in every run (a restart rebuilds the set from the stream).
 fn id_hash(id: &str) -> u64 {
@@ -279,24 +303,12 @@ impl Engine {
         let decoded = event::decode(raw);
         if let Ok(ev) = &decoded {
             self.dedup.prefetch(id_hash(&ev.event_id));
-            let dir = &*self.dir;
-            match &ev.body {
-                Body::CrmAction(a) => {
-                    dir.prefetch_rep(IdKind::Id, &a.rep_id);
-                    dir.prefetch_customer(IdKind::Id, &a.customer_id);
-                }
-                Body::DingtalkApproval(a) => {
-                    dir.prefetch_rep(IdKind::Dingtalk, &a.staff_id);
-                    if let Some(c) = &a.customer_id {
-                        dir.prefetch_customer(IdKind::Id, c);
-                    }
-                }
-                Body::WecomPresence(p) => dir.prefetch_customer(IdKind::Wecom, &p.external_userid),
-                Body::WecomMessage(m) => {
-                    dir.prefetch_rep(IdKind::Wecom, &m.wecom_userid);
-                    dir.prefetch_customer(IdKind::Wecom, &m.external_userid);
-                }
-                Body::PixelHit(_) | Body::WebHit(_) => {}
+            let (rep, customer) = pair_ids(&ev.body);
+            if let Some((kind, id)) = rep {
+                self.dir.prefetch_rep(kind, id);
+            }
+            if let Some((kind, id)) = customer {
+                self.dir.prefetch_customer(kind, id);
             }
         }
         decoded
@@ -496,14 +508,28 @@ impl Engine {
     /// Resolves ids through the directory. Ok(None): accepted but names no pair.
     fn resolve(&mut self, body: Body) -> Result<Option<What>, String> {
         let dir = &*self.dir;
-        let rep = |id: &str| dir.rep(id).ok_or_else(|| format!("unknown rep_id `{id}`"));
-        let customer = |id: &str| {
-            dir.customer(id)
-                .ok_or_else(|| format!("unknown customer_id `{id}`"))
+        // The rep first, then the customer: the first unknown id is the one reported.
+        let (rep_id, customer_id) = pair_ids(&body);
+        let rep = rep_id
+            .map(|(kind, id)| {
+                dir.rep_by(kind, id)
+                    .ok_or_else(|| format!("unknown {} `{id}`", kind.rep_field()))
+            })
+            .transpose()?;
+        let customer = customer_id
+            .map(|(kind, id)| {
+                dir.customer_by(kind, id)
+                    .ok_or_else(|| format!("unknown {} `{id}`", kind.customer_field()))
+            })
+            .transpose()?;
+        let pair = || {
+            rep.zip(customer)
+                .map(|(r, c)| Pair::new(r, c))
+                .ok_or_else(|| "the event names no rep and customer".to_string())
         };
         Ok(Some(match body {
             Body::CrmAction(a) => What::Action {
-                pair: Pair::new(rep(&a.rep_id)?, customer(&a.customer_id)?),
+                pair: pair()?,
                 action: a.action,
                 channel: a.channel,
                 asset_id: a.asset_id.map(String::into_boxed_str),
@@ -532,33 +558,21 @@ impl Engine {
                 }
             },
             Body::WecomPresence(p) => What::Presence {
-                customer: dir.customer_by_wecom(&p.external_userid).ok_or_else(|| {
-                    format!("unknown WeCom external_userid `{}`", p.external_userid)
-                })?,
+                customer: customer.ok_or("the event names no customer")?,
                 online: p.status == event::Presence::Online,
             },
             Body::WecomMessage(msg) => What::Message {
-                pair: Pair::new(
-                    dir.rep_by_wecom(&msg.wecom_userid).ok_or_else(|| {
-                        format!("unknown WeCom wecom_userid `{}`", msg.wecom_userid)
-                    })?,
-                    dir.customer_by_wecom(&msg.external_userid).ok_or_else(|| {
-                        format!("unknown WeCom external_userid `{}`", msg.external_userid)
-                    })?,
-                ),
+                pair: pair()?,
                 inbound: msg.direction == event::Direction::In,
             },
             Body::DingtalkApproval(a) => {
-                let rep = dir
-                    .rep_by_dingtalk(&a.staff_id)
-                    .ok_or_else(|| format!("unknown DingTalk staff_id `{}`", a.staff_id))?;
-                let Some(c) = a.customer_id else {
+                if a.customer_id.is_none() {
                     // Names no customer: no pair, so no interaction and no contract event.
                     self.counts.ignored_approvals += 1;
                     return Ok(None);
-                };
+                }
                 What::Approval {
-                    pair: Pair::new(rep, customer(&c)?),
+                    pair: pair()?,
                     contract: a.kind == ApprovalType::Start
                         && self.contract_codes.contains(&a.process_code),
                 }
@@ -922,5 +936,87 @@ impl Engine {
         for (name, n) in self.state_sizes() {
             metrics::gauge!(m::STATE_ENTRIES, "state" => name).set(n as f64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each kind of event names its rep and customer by its own kind of id, and a dead letter
+    /// for an unknown one names the field it came from (the rep's before the customer's).
+    #[test]
+    fn unknown_ids_are_named_by_the_field_they_came_from() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let pipeline =
+            Arc::new(Pipeline::load(&root.join("pipelines/default.toml")).expect("pipeline"));
+        let dir = Arc::new(Directory::load(&root.join("tests/cases/directory")).expect("dir"));
+        let mut engine = Engine::new(pipeline, dir, ClockMode::Replay).expect("engine");
+        let ts = r#""ts":"2026-11-02T01:00:00Z""#;
+        let cases = [
+            (
+                format!(
+                    r#"{{"event_id":"a","kind":"crm.action",{ts},"rep_id":"r9","customer_id":"c99","action":"call","channel":"phone"}}"#
+                ),
+                "unknown rep_id `r9`",
+            ),
+            (
+                format!(
+                    r#"{{"event_id":"b","kind":"crm.action",{ts},"rep_id":"r1","customer_id":"c99","action":"call","channel":"phone"}}"#
+                ),
+                "unknown customer_id `c99`",
+            ),
+            (
+                format!(
+                    r#"{{"event_id":"c","kind":"wecom.message",{ts},"wecom_userid":"r1","external_userid":"wo_c1","direction":"in"}}"#
+                ),
+                "unknown WeCom wecom_userid `r1`",
+            ),
+            (
+                format!(
+                    r#"{{"event_id":"d","kind":"wecom.message",{ts},"wecom_userid":"wx_r1","external_userid":"c1","direction":"in"}}"#
+                ),
+                "unknown WeCom external_userid `c1`",
+            ),
+            (
+                format!(
+                    r#"{{"event_id":"e","kind":"wecom.presence",{ts},"external_userid":"wo_c99","status":"online"}}"#
+                ),
+                "unknown WeCom external_userid `wo_c99`",
+            ),
+            (
+                format!(
+                    r#"{{"event_id":"f","kind":"dingtalk.approval",{ts},"process_instance_id":"p","process_code":"PROC-CONTRACT","type":"start","staff_id":"r1","customer_id":"c1"}}"#
+                ),
+                "unknown DingTalk staff_id `r1`",
+            ),
+            (
+                format!(
+                    r#"{{"event_id":"g","kind":"dingtalk.approval",{ts},"process_instance_id":"p","process_code":"PROC-CONTRACT","type":"start","staff_id":"dt_r1","customer_id":"wo_c1"}}"#
+                ),
+                "unknown customer_id `wo_c1`",
+            ),
+        ];
+        let lines: Vec<Input<'_>> = cases
+            .iter()
+            .map(|(line, _)| Input {
+                raw: line.as_bytes(),
+                received_at: None,
+            })
+            .collect();
+        let now = 1_893_456_000_000; // 2030-01-01
+        let mut out = engine.process(&lines, now);
+        let end = engine.finish(None, now);
+        out.dead_letters.extend(end.dead_letters);
+        let errors: Vec<(&str, &str)> = out
+            .dead_letters
+            .iter()
+            .map(|d| (d.reason.as_str(), d.error.as_str()))
+            .collect();
+        let want: Vec<(&str, &str)> = cases
+            .iter()
+            .map(|(_, e)| ("unresolved_identity", *e))
+            .collect();
+        assert_eq!(errors, want);
     }
 }
