@@ -73,13 +73,7 @@ impl ReorderBuffer {
 
     pub fn pop(&mut self) -> Option<Resolved> {
         if self.ties.is_empty() {
-            let (t, slot) = self.queue.pop()?;
-            self.ties.push(slot);
-            while self.queue.min() == Some(t) {
-                if let Some((_, slot)) = self.queue.pop() {
-                    self.ties.push(slot);
-                }
-            }
+            self.queue.pop_all_at_min(&mut self.ties)?;
             if self.ties.len() > 1 {
                 self.sort_ties();
             }
