@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayBuilder, AsArray, Int64Builder, UInt64Builder};
+use datafusion::arrow::array::{Array, AsArray, Int64Array, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::Result;
@@ -64,15 +64,9 @@ pub struct PairAggregates {
     /// that left the window); kept only when `track_changes` is on (live runs publish them).
     changed: rustc_hash::FxHashSet<Pair>,
     track_changes: bool,
-    // Rows of the current micro-batch, one per touch.
-    pair_col: UInt64Builder,
-    bucket_col: Int64Builder,
-    channels_col: Int64Builder,
-    events_col: Int64Builder,
-    in_col: Int64Builder,
-    out_col: Int64Builder,
-    dwell_col: Int64Builder,
-    dwell_n_col: Int64Builder,
+    /// The touches of the current micro-batch (one row each when the kernel runs): kept as
+    /// they come and made columns once per batch, each in one exact-size allocation.
+    rows: Vec<Touch>,
 }
 
 impl std::fmt::Debug for PairAggregates {
@@ -105,49 +99,34 @@ impl PairAggregates {
             timers: LazyTimers::default(),
             changed: Default::default(),
             track_changes: false,
-            pair_col: UInt64Builder::new(),
-            bucket_col: Int64Builder::new(),
-            channels_col: Int64Builder::new(),
-            events_col: Int64Builder::new(),
-            in_col: Int64Builder::new(),
-            out_col: Int64Builder::new(),
-            dwell_col: Int64Builder::new(),
-            dwell_n_col: Int64Builder::new(),
+            rows: Vec::new(),
         })
     }
 
     /// Buffers one touch for the current micro-batch.
     pub fn add(&mut self, touch: &Touch) {
-        self.pair_col.append_value(touch.pair.0);
-        self.bucket_col
-            .append_value(touch.t.div_euclid(BUCKET_MS) * BUCKET_MS);
-        self.channels_col
-            .append_value(touch.channel.map_or(0, |c| channel_bit(c) as i64));
-        self.events_col.append_value(1);
-        self.in_col
-            .append_value((touch.inbound == Some(true)) as i64);
-        self.out_col
-            .append_value((touch.inbound == Some(false)) as i64);
-        self.dwell_col
-            .append_value(touch.dwell_ms.unwrap_or(0).min(i64::MAX as u64) as i64);
-        self.dwell_n_col
-            .append_value(touch.dwell_ms.is_some() as i64);
+        self.rows.push(*touch);
     }
 
     /// Reduces the buffered touches with the kernel and merges them into pair state; then
     /// drops buckets that left the window as of `w`.
     pub fn flush(&mut self, w: Millis) -> Result<()> {
-        if self.pair_col.len() > 0 {
+        if !self.rows.is_empty() {
+            let rows = &self.rows;
+            let int = |f: fn(&Touch) -> i64| -> Arc<dyn Array> {
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(f)))
+            };
             let columns: Vec<Arc<dyn Array>> = vec![
-                Arc::new(self.pair_col.finish()),
-                Arc::new(self.bucket_col.finish()),
-                Arc::new(self.channels_col.finish()),
-                Arc::new(self.events_col.finish()),
-                Arc::new(self.in_col.finish()),
-                Arc::new(self.out_col.finish()),
-                Arc::new(self.dwell_col.finish()),
-                Arc::new(self.dwell_n_col.finish()),
+                Arc::new(UInt64Array::from_iter_values(rows.iter().map(|t| t.pair.0))),
+                int(|t| t.t.div_euclid(BUCKET_MS) * BUCKET_MS),
+                int(|t| t.channel.map_or(0, |c| channel_bit(c) as i64)),
+                int(|_| 1),
+                int(|t| (t.inbound == Some(true)) as i64),
+                int(|t| (t.inbound == Some(false)) as i64),
+                int(|t| t.dwell_ms.unwrap_or(0).min(i64::MAX as u64) as i64),
+                int(|t| t.dwell_ms.is_some() as i64),
             ];
+            self.rows.clear();
             let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
             for out in self.kernel.run(batch)? {
                 self.merge(&out);

@@ -333,6 +333,7 @@ impl<K: Ord + Copy> RadixHeap<K> {
 
     /// Makes `floor`, the earliest time of the lowest occupied bucket `b`, the new floor:
     /// spreads that bucket into the buckets below, so that bucket 0 holds the timers at it.
+    #[inline]
     fn spread(&mut self, b: usize, floor: u64) {
         if b > 0 {
             self.floor = floor;
