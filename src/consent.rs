@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
+use crate::directory::{IdKind, pair_ids};
 use crate::event::{Action, Body};
 
 /// A data category a rep can switch off.
@@ -211,13 +212,9 @@ pub fn door(
             return true;
         };
         let from_body = || -> Option<&str> {
-            match body {
-                Body::CrmAction(a) => Some(&a.rep_id),
-                Body::WecomMessage(m) => dir.rep_by_wecom(&m.wecom_userid).map(|r| dir.rep_id(r)),
-                Body::DingtalkApproval(a) => {
-                    dir.rep_by_dingtalk(&a.staff_id).map(|r| dir.rep_id(r))
-                }
-                _ => None,
+            match pair_ids(body).0? {
+                (IdKind::Id, id) => Some(id),
+                (kind, id) => dir.rep_by(kind, id).map(|r| dir.rep_id(r)),
             }
         };
         let Some(rep) = token_rep.or_else(from_body) else {

@@ -7,6 +7,8 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+use crate::event::Body;
+
 mod strindex;
 use strindex::StrIndex;
 
@@ -59,6 +61,30 @@ impl IdKind {
             IdKind::Wecom => "WeCom external_userid",
             IdKind::Dingtalk => "DingTalk customer id",
         }
+    }
+}
+
+/// An id of a rep or a customer in an event, and which kind of id it is.
+pub type NamedBy<'a> = (IdKind, &'a str);
+
+/// The ids that name an event's rep and customer, and which kind of id each is: exactly what
+/// the engine resolves (and loads a few events early), and what the consent door reads.
+pub fn pair_ids(body: &Body) -> (Option<NamedBy<'_>>, Option<NamedBy<'_>>) {
+    match body {
+        Body::CrmAction(a) => (
+            Some((IdKind::Id, &a.rep_id)),
+            Some((IdKind::Id, &a.customer_id)),
+        ),
+        Body::DingtalkApproval(a) => (
+            Some((IdKind::Dingtalk, &a.staff_id)),
+            a.customer_id.as_deref().map(|c| (IdKind::Id, c)),
+        ),
+        Body::WecomPresence(p) => (None, Some((IdKind::Wecom, &p.external_userid))),
+        Body::WecomMessage(m) => (
+            Some((IdKind::Wecom, &m.wecom_userid)),
+            Some((IdKind::Wecom, &m.external_userid)),
+        ),
+        Body::PixelHit(_) | Body::WebHit(_) => (None, None),
     }
 }
 
@@ -201,21 +227,32 @@ impl Directory {
     pub fn rep(&self, rep_id: &str) -> Option<RepIx> {
         self.rep_by_id.get(rep_id)
     }
-    /// A rep by an id of `kind`.
-    pub fn rep_by(&self, kind: IdKind, id: &str) -> Option<RepIx> {
+    /// The index of reps by ids of `kind`.
+    fn reps_by(&self, kind: IdKind) -> &StrIndex {
         match kind {
-            IdKind::Id => self.rep(id),
-            IdKind::Wecom => self.rep_by_wecom(id),
-            IdKind::Dingtalk => self.rep_by_dingtalk(id),
+            IdKind::Id => &self.rep_by_id,
+            IdKind::Wecom => &self.rep_by_wecom,
+            IdKind::Dingtalk => &self.rep_by_dingtalk,
         }
     }
-    /// A customer by an id of `kind` (customers have no DingTalk id).
-    pub fn customer_by(&self, kind: IdKind, id: &str) -> Option<CustomerIx> {
+    /// The index of customers by ids of `kind` (customers have no DingTalk id).
+    fn customers_by(&self, kind: IdKind) -> Option<&StrIndex> {
         match kind {
-            IdKind::Id => self.customer(id),
-            IdKind::Wecom => self.customer_by_wecom(id),
+            IdKind::Id => Some(&self.customer_by_id),
+            IdKind::Wecom => Some(&self.customer_by_wecom),
             IdKind::Dingtalk => None,
         }
+    }
+    /// A rep by an id of `kind`.
+    pub fn rep_by(&self, kind: IdKind, id: &str) -> Option<RepIx> {
+        self.reps_by(kind).get(id)
+    }
+    /// A customer by an id of `kind`.
+    pub fn customer_by(&self, kind: IdKind, id: &str) -> Option<CustomerIx> {
+        self.customers_by(kind)?.get(id)
+    }
+    pub fn customer(&self, customer_id: &str) -> Option<CustomerIx> {
+        self.customer_by_id.get(customer_id)
     }
     pub fn rep_by_wecom(&self, wecom_userid: &str) -> Option<RepIx> {
         self.rep_by_wecom.get(wecom_userid)
@@ -223,28 +260,19 @@ impl Directory {
     pub fn rep_by_dingtalk(&self, staff_id: &str) -> Option<RepIx> {
         self.rep_by_dingtalk.get(staff_id)
     }
-    pub fn customer(&self, customer_id: &str) -> Option<CustomerIx> {
-        self.customer_by_id.get(customer_id)
+    pub fn customer_by_wecom(&self, external_userid: &str) -> Option<CustomerIx> {
+        self.customer_by_wecom.get(external_userid)
     }
     /// Asks the CPU to load what the lookup of a rep by `id` (of `kind`) a few events ahead
     /// will read.
     pub fn prefetch_rep(&self, kind: IdKind, id: &str) {
-        match kind {
-            IdKind::Id => self.rep_by_id.prefetch(id),
-            IdKind::Wecom => self.rep_by_wecom.prefetch(id),
-            IdKind::Dingtalk => self.rep_by_dingtalk.prefetch(id),
-        }
+        self.reps_by(kind).prefetch(id);
     }
     /// Asks the CPU to load what the lookup of a customer by `id` (of `kind`) will read.
     pub fn prefetch_customer(&self, kind: IdKind, id: &str) {
-        match kind {
-            IdKind::Id => self.customer_by_id.prefetch(id),
-            IdKind::Wecom => self.customer_by_wecom.prefetch(id),
-            IdKind::Dingtalk => {}
+        if let Some(index) = self.customers_by(kind) {
+            index.prefetch(id);
         }
-    }
-    pub fn customer_by_wecom(&self, external_userid: &str) -> Option<CustomerIx> {
-        self.customer_by_wecom.get(external_userid)
     }
     pub fn rep_id(&self, r: RepIx) -> &str {
         &self.reps[r as usize].rep_id

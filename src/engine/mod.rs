@@ -18,7 +18,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::Pipeline;
-use crate::directory::{Directory, IdKind};
+use crate::directory::{Directory, pair_ids};
 use crate::event::{self, ApprovalType, Body, Channel, Event, Kind, Millis, RejectReason};
 use crate::operators::actions::{ActionLog, ActionRow};
 use crate::operators::assets::{AssetJoin, Exclusion};
@@ -122,29 +122,8 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// An id of a rep or a customer in an event, and which kind of id it is.
-type NamedBy<'a> = (IdKind, &'a str);
-
-/// The ids that name an event's rep and customer, and which kind of id each is: exactly what
-/// `resolve` looks up and what `decode_ahead` loads early.
-fn pair_ids(body: &Body) -> (Option<NamedBy<'_>>, Option<NamedBy<'_>>) {
-    match body {
-        Body::CrmAction(a) => (
-            Some((IdKind::Id, &a.rep_id)),
-            Some((IdKind::Id, &a.customer_id)),
-        ),
-        Body::DingtalkApproval(a) => (
-            Some((IdKind::Dingtalk, &a.staff_id)),
-            a.customer_id.as_deref().map(|c| (IdKind::Id, c)),
-        ),
-        Body::WecomPresence(p) => (None, Some((IdKind::Wecom, &p.external_userid))),
-        Body::WecomMessage(m) => (
-            Some((IdKind::Wecom, &m.wecom_userid)),
-            Some((IdKind::Wecom, &m.external_userid)),
-        ),
-        Body::PixelHit(_) | Body::WebHit(_) => (None, None),
-    }
-}
+/// A decoded input line with its dedup key (`id_hash` of its event_id), or why it was rejected.
+type Decoded = Result<(Event, u64), event::Rejection>;
 
 /// The 64-bit key that dedup remembers for an `event_id`: a fixed-seed, full-quality hash, so
 /// that the same id gives the same key in every run (a restart rebuilds the set from the stream).
@@ -298,20 +277,19 @@ impl Engine {
     }
 
     /// Decodes a line a few places ahead of the one ingested, and loads what its lookups will
-    /// read.
-    fn decode_ahead(&self, raw: &[u8]) -> Result<Event, event::Rejection> {
-        let decoded = event::decode(raw);
-        if let Ok(ev) = &decoded {
-            self.dedup.prefetch(id_hash(&ev.event_id));
-            let (rep, customer) = pair_ids(&ev.body);
-            if let Some((kind, id)) = rep {
-                self.dir.prefetch_rep(kind, id);
-            }
-            if let Some((kind, id)) = customer {
-                self.dir.prefetch_customer(kind, id);
-            }
+    /// read. The event comes with its dedup key (`id_hash`), computed once for both.
+    fn decode_ahead(&self, raw: &[u8]) -> Decoded {
+        let ev = event::decode(raw)?;
+        let h = id_hash(&ev.event_id);
+        self.dedup.prefetch(h);
+        let (rep, customer) = pair_ids(&ev.body);
+        if let Some((kind, id)) = rep {
+            self.dir.prefetch_rep(kind, id);
         }
-        decoded
+        if let Some((kind, id)) = customer {
+            self.dir.prefetch_customer(kind, id);
+        }
+        Ok((ev, h))
     }
 
     /// Moves the watermark to `watermark` (never backwards) and fires what is due: idle
@@ -405,13 +383,13 @@ impl Engine {
     fn ingest(
         &mut self,
         input: &Input<'_>,
-        decoded: Result<Event, event::Rejection>,
+        decoded: Decoded,
         now: Millis,
         out: &mut Outputs,
     ) -> Ingested {
         let clock = self.clock(now);
-        let mut ev = match decoded {
-            Ok(ev) => ev,
+        let (mut ev, h) = match decoded {
+            Ok(x) => x,
             Err(rej) => {
                 let reason = match rej.reason {
                     RejectReason::InvalidJson => DeadReason::InvalidJson,
@@ -465,7 +443,6 @@ impl Engine {
         if self.consent_refuses(&what) {
             return Ingested::Refused;
         }
-        let h = id_hash(&ev.event_id);
         if !self.dedup.insert(h) {
             self.counts.duplicates += 1;
             return Ingested::Taken;
