@@ -296,7 +296,7 @@ impl Inner {
         }
         let msg = Outgoing {
             subject: format!("touch.in.{}", ev.kind().as_str()),
-            msg_id: ev.event_id,
+            msg_id: ev.event_id.into_string(),
             payload: Bytes::from(raw),
         };
         if self.hits.push(msg) {
@@ -668,10 +668,12 @@ async fn batch_response(inner: &Inner, body: &[u8], deadline: Instant) -> Respon
         }
         let payload = stamp_received_at(&item.raw, ev.received_at.is_some(), &received_at);
         accepted += 1;
-        results.push(json!({"index": item.index, "event_id": ev.event_id, "status": "accepted"}));
+        results.push(
+            json!({"index": item.index, "event_id": ev.event_id.as_str(), "status": "accepted"}),
+        );
         out.push(Outgoing {
             subject: format!("touch.in.{}", ev.kind().as_str()),
-            msg_id: ev.event_id,
+            msg_id: ev.event_id.into_string(),
             payload,
         });
     }

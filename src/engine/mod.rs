@@ -460,7 +460,7 @@ impl Engine {
         };
         let resolved = Resolved {
             t,
-            event_id: ev.event_id.into_boxed_str(),
+            event_id: ev.event_id,
             late,
             what,
             raw: keeps_raw.then(|| input.raw.into()),
@@ -509,8 +509,8 @@ impl Engine {
                 pair: pair()?,
                 action: a.action,
                 channel: a.channel,
-                asset_id: a.asset_id.map(String::into_boxed_str),
-                city: a.city.map(Into::into),
+                asset_id: a.asset_id,
+                city: a.city,
             },
             Body::PixelHit(h) => What::PixelHit {
                 proxy: h.ua.as_deref().is_some_and(|ua| {
@@ -520,14 +520,14 @@ impl Engine {
                         .iter()
                         .any(|p| ua.contains(p.as_str()))
                 }),
-                asset_id: h.asset_id.into_boxed_str(),
+                asset_id: h.asset_id,
                 hit: h.hit,
                 dwell_ms: h.dwell_ms,
             },
             Body::WebHit(h) => match h.utm_content {
                 Some(asset_id) => What::WebHit {
                     product: h.path.starts_with(&self.p.web.product_path_prefix),
-                    asset_id: asset_id.into_boxed_str(),
+                    asset_id,
                 },
                 None => {
                     self.counts.unattributed_web += 1;
@@ -551,7 +551,7 @@ impl Engine {
                 What::Approval {
                     pair: pair()?,
                     contract: a.kind == ApprovalType::Start
-                        && self.contract_codes.contains(&a.process_code),
+                        && self.contract_codes.contains(a.process_code.as_str()),
                 }
             }
         }))

@@ -13,7 +13,7 @@ mod fast;
 use super::{
     Action, ApprovalResult, ApprovalType, Body, Channel, CrmAction, DingtalkApproval, Direction,
     Event, HitKind, Kind, MAX_EVENT_BYTES, Millis, PixelHit, Presence, RejectReason, Rejection,
-    WebHit, WecomMessage, WecomPresence,
+    Text, WebHit, WecomMessage, WecomPresence,
 };
 
 /// Largest integer epoch-millisecond time accepted: 9999-12-31T23:59:59.999Z, the last instant
@@ -356,14 +356,13 @@ impl Check {
         }
     }
 
-    fn req_string(&self, name: &str, v: Option<Val<'_>>) -> Checked<String> {
+    fn req_string(&self, name: &str, v: Option<Val<'_>>) -> Checked<Text> {
         let v = self.required(name, v)?;
-        Ok(self.string(name, v)?.into_owned())
+        Ok(Text::from(self.string(name, v)?))
     }
 
-    fn opt_string(&self, name: &str, v: Option<Val<'_>>) -> Checked<Option<String>> {
-        v.map(|v| self.string(name, v).map(Cow::into_owned))
-            .transpose()
+    fn opt_string(&self, name: &str, v: Option<Val<'_>>) -> Checked<Option<Text>> {
+        v.map(|v| self.string(name, v).map(Text::from)).transpose()
     }
 
     fn enumerated<T>(
@@ -668,9 +667,9 @@ fn web_hit(check: &Check, r: &mut Raw<'_>) -> Checked<WebHit> {
     };
     let utm_content = parsed.query().and_then(utm_content);
     Ok(WebHit {
-        path: parsed.path().to_owned(),
+        path: parsed.path().into(),
         utm_content,
-        url: url.into_owned(),
+        url: url.into(),
         referrer: check.opt_string("referrer", r.referrer.take())?,
         visitor_id: check.opt_string("visitor_id", r.visitor_id.take())?,
     })
@@ -679,7 +678,7 @@ fn web_hit(check: &Check, r: &mut Raw<'_>) -> Checked<WebHit> {
 /// The first `utm_content` parameter of a query, form-decoded like `Url::query_pairs`; an empty
 /// one attributes nothing (EVENTS.md §2). Only pairs whose raw key could decode to
 /// `utm_content` are decoded, which saves most of the work on long campaign queries.
-fn utm_content(query: &str) -> Option<String> {
+fn utm_content(query: &str) -> Option<Text> {
     const KEY: &str = "utm_content";
     for pair in query.split('&') {
         let raw_key = pair.split_once('=').map_or(pair, |(k, _)| k);
@@ -689,7 +688,7 @@ fn utm_content(query: &str) -> Option<String> {
         if let Some((key, value)) = url::form_urlencoded::parse(pair.as_bytes()).next()
             && key == KEY
         {
-            return (!value.is_empty()).then(|| value.into_owned());
+            return (!value.is_empty()).then(|| Text::from(value));
         }
     }
     None

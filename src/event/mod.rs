@@ -5,6 +5,10 @@
 /// Epoch milliseconds, UTC.
 pub type Millis = i64;
 
+/// A decoded string field: ids and short values (nearly all at most 24 bytes) are kept inline,
+/// so decoding an event allocates only for long values such as URLs and user agents.
+pub type Text = compact_str::CompactString;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     CrmAction,
@@ -77,59 +81,59 @@ pub enum ApprovalResult {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CrmAction {
-    pub rep_id: String,
-    pub customer_id: String,
+    pub rep_id: Text,
+    pub customer_id: Text,
     pub action: Action,
     pub channel: Option<Channel>,
-    pub asset_id: Option<String>,
-    pub city: Option<String>,
+    pub asset_id: Option<Text>,
+    pub city: Option<Text>,
     pub amount: Option<f64>,
     pub duration_s: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PixelHit {
-    pub asset_id: String,
+    pub asset_id: Text,
     pub hit: HitKind,
     pub dwell_ms: Option<u64>,
     pub page: Option<u64>,
-    pub ua: Option<String>,
-    pub ip: Option<String>,
+    pub ua: Option<Text>,
+    pub ip: Option<Text>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebHit {
-    pub url: String,
-    pub referrer: Option<String>,
-    pub visitor_id: Option<String>,
+    pub url: Text,
+    pub referrer: Option<Text>,
+    pub visitor_id: Option<Text>,
     /// `utm_content` parsed from the URL query, if any.
-    pub utm_content: Option<String>,
+    pub utm_content: Option<Text>,
     /// The URL's path, e.g. `/products/x`.
-    pub path: String,
+    pub path: Text,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WecomPresence {
-    pub external_userid: String,
+    pub external_userid: Text,
     pub status: Presence,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WecomMessage {
-    pub wecom_userid: String,
-    pub external_userid: String,
+    pub wecom_userid: Text,
+    pub external_userid: Text,
     pub direction: Direction,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DingtalkApproval {
-    pub process_instance_id: String,
-    pub process_code: String,
+    pub process_instance_id: Text,
+    pub process_code: Text,
     pub kind: ApprovalType,
     pub result: Option<ApprovalResult>,
-    pub staff_id: String,
-    pub customer_id: Option<String>,
-    pub title: Option<String>,
+    pub staff_id: Text,
+    pub customer_id: Option<Text>,
+    pub title: Option<Text>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -144,7 +148,7 @@ pub enum Body {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    pub event_id: String,
+    pub event_id: Text,
     pub ts: Millis,
     pub sent_at: Option<Millis>,
     pub received_at: Option<Millis>,

@@ -14,12 +14,12 @@ use super::{LazyTimers, Pair, TIMER_AHEAD};
 /// One retained `crm.action`.
 #[derive(Debug, Clone)]
 pub struct ActionRow {
-    pub event_id: Box<str>,
+    pub event_id: crate::event::Text,
     pub pair: Pair,
     pub action: Action,
     pub channel: Option<Channel>,
     pub city: Option<CompactString>,
-    pub asset_id: Option<Box<str>>,
+    pub asset_id: Option<crate::event::Text>,
     /// Effective time.
     pub at: Millis,
     /// The watermark when the row arrived late (None if on time).

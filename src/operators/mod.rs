@@ -41,7 +41,7 @@ impl Pair {
 pub struct Resolved {
     /// Effective time.
     pub t: Millis,
-    pub event_id: Box<str>,
+    pub event_id: crate::event::Text,
     /// Behind the watermark when it arrived.
     pub late: bool,
     pub what: What,
@@ -56,8 +56,8 @@ pub enum What {
         pair: Pair,
         action: Action,
         channel: Option<Channel>,
-        asset_id: Option<Box<str>>,
-        city: Option<compact_str::CompactString>,
+        asset_id: Option<crate::event::Text>,
+        city: Option<crate::event::Text>,
     },
     Approval {
         pair: Pair,
@@ -72,13 +72,13 @@ pub enum What {
         inbound: bool,
     },
     PixelHit {
-        asset_id: Box<str>,
+        asset_id: crate::event::Text,
         hit: HitKind,
         dwell_ms: Option<u64>,
         proxy: bool,
     },
     WebHit {
-        asset_id: Box<str>,
+        asset_id: crate::event::Text,
         product: bool,
     },
 }
