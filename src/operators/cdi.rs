@@ -35,9 +35,37 @@ pub struct Score {
     pub band: Band,
 }
 
+/// One minute of a pair's touches, in 32 bytes: the per-pair deques are the largest state at a
+/// million pairs, and every line of them is a cache miss. Counts of one pair in one minute fit
+/// `u32` (they saturate rather than wrap); sums over the window are taken in `u64`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Bucket {
-    start: Millis,
+    dwell_sum: u64,
+    /// Start of the bucket in `BUCKET_MS` units since the epoch (effective times are not negative).
+    minute: u32,
+    events: u32,
+    messages_in: u32,
+    messages_out: u32,
+    dwell_count: u32,
+    channels: u8,
+}
+
+impl Bucket {
+    fn start(&self) -> Millis {
+        Millis::from(self.minute) * BUCKET_MS
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<Bucket>() == 32);
+
+/// The bucket a time falls in, as stored in `Bucket::minute`.
+fn minute_of(t: Millis) -> u32 {
+    u32::try_from(t.div_euclid(BUCKET_MS).max(0)).unwrap_or(u32::MAX)
+}
+
+/// Totals of a pair's buckets in a window.
+#[derive(Debug, Default)]
+struct Sum {
     channels: u8,
     events: u64,
     messages_in: u64,
@@ -143,6 +171,7 @@ impl PairAggregates {
             .map(|i| out.column(i).as_primitive::<Int64Type>())
             .collect();
         let val = |c: usize, i: usize| -> u64 { cols[c].value(i).max(0) as u64 };
+        let count = |c: usize, i: usize| -> u32 { u32::try_from(val(c, i)).unwrap_or(u32::MAX) };
         for i in 0..out.num_rows() {
             // The rows' pairs are scattered over the table: load the slot, then the buckets,
             // a few rows ahead.
@@ -151,37 +180,37 @@ impl PairAggregates {
                 .prefetch_walk(ahead(2 * TIMER_AHEAD), ahead(TIMER_AHEAD), VecDeque::back);
             let p = Pair(pair.value(i));
             let b = Bucket {
-                start: bucket.value(i),
+                minute: minute_of(bucket.value(i)),
                 channels: val(0, i) as u8,
-                events: val(1, i),
-                messages_in: val(2, i),
-                messages_out: val(3, i),
+                events: count(1, i),
+                messages_in: count(2, i),
+                messages_out: count(3, i),
                 dwell_sum: val(4, i),
-                dwell_count: val(5, i),
+                dwell_count: count(5, i),
             };
             let buckets = self.pairs.entry_or_default(p);
             // Nearly always the newest bucket or a new one after it; late touches search.
             let found = match buckets.back() {
-                Some(last) if last.start == b.start => Ok(buckets.len() - 1),
-                Some(last) if last.start < b.start => Err(buckets.len()),
+                Some(last) if last.minute == b.minute => Ok(buckets.len() - 1),
+                Some(last) if last.minute < b.minute => Err(buckets.len()),
                 None => Err(0),
-                Some(_) => buckets.binary_search_by_key(&b.start, |x| x.start),
+                Some(_) => buckets.binary_search_by_key(&b.minute, |x| x.minute),
             };
             match found {
                 Ok(j) => {
                     let x = &mut buckets[j];
                     x.channels |= b.channels;
-                    x.events += b.events;
-                    x.messages_in += b.messages_in;
-                    x.messages_out += b.messages_out;
-                    x.dwell_sum += b.dwell_sum;
-                    x.dwell_count += b.dwell_count;
+                    x.events = x.events.saturating_add(b.events);
+                    x.messages_in = x.messages_in.saturating_add(b.messages_in);
+                    x.messages_out = x.messages_out.saturating_add(b.messages_out);
+                    x.dwell_sum = x.dwell_sum.saturating_add(b.dwell_sum);
+                    x.dwell_count = x.dwell_count.saturating_add(b.dwell_count);
                 }
                 Err(j) => {
                     buckets.insert(j, b);
                     if buckets.len() == 1 {
                         self.timers
-                            .schedule(b.start + self.window_ms + BUCKET_MS, p);
+                            .schedule(b.start() + self.window_ms + BUCKET_MS, p);
                     }
                 }
             }
@@ -201,7 +230,7 @@ impl PairAggregates {
                 continue;
             };
             let before = buckets.len();
-            while buckets.front().is_some_and(|b| b.start < cut) {
+            while buckets.front().is_some_and(|b| b.start() < cut) {
                 buckets.pop_front();
             }
             if self.track_changes && buckets.len() < before {
@@ -213,7 +242,7 @@ impl PairAggregates {
                 }
                 Some(front) => {
                     self.timers
-                        .schedule(front.start + self.window_ms + BUCKET_MS, p);
+                        .schedule(front.start() + self.window_ms + BUCKET_MS, p);
                 }
             }
         }
@@ -238,17 +267,17 @@ impl PairAggregates {
     /// The CDI of one pair's buckets as of `as_of`, if it has an event in the window.
     fn score(&self, buckets: &VecDeque<Bucket>, as_of: Millis) -> Option<Score> {
         let cut = as_of - self.window_ms;
-        let mut sum = Bucket::default();
+        let mut sum = Sum::default();
         for b in buckets
             .iter()
-            .filter(|b| b.start >= cut && b.start <= as_of)
+            .filter(|b| b.start() >= cut && b.start() <= as_of)
         {
             sum.channels |= b.channels;
-            sum.events += b.events;
-            sum.messages_in += b.messages_in;
-            sum.messages_out += b.messages_out;
-            sum.dwell_sum += b.dwell_sum;
-            sum.dwell_count += b.dwell_count;
+            sum.events += u64::from(b.events);
+            sum.messages_in += u64::from(b.messages_in);
+            sum.messages_out += u64::from(b.messages_out);
+            sum.dwell_sum = sum.dwell_sum.saturating_add(b.dwell_sum);
+            sum.dwell_count += u64::from(b.dwell_count);
         }
         if sum.events == 0 {
             return None;
@@ -313,12 +342,12 @@ impl PairAggregates {
             let mut replied = false;
             for b in buckets
                 .iter()
-                .filter(|b| b.start >= cut && b.start <= as_of)
+                .filter(|b| b.start() >= cut && b.start() <= as_of)
             {
                 if b.messages_out > 0 {
-                    last_out = Some(b.start);
+                    last_out = Some(b.start());
                 }
-                if b.messages_in > 0 && last_out.is_some_and(|o| b.start - o <= reply_ms) {
+                if b.messages_in > 0 && last_out.is_some_and(|o| b.start() - o <= reply_ms) {
                     replied = true;
                 }
             }
