@@ -157,7 +157,8 @@ impl Engine {
                 problems,
             })
         })?;
-        let pairs = PairAggregates::new(&p.cdi).context("planning the CDI kernel")?;
+        let pairs = PairAggregates::new(&p.cdi, p.health.window_days * 86_400_000)
+            .context("planning the CDI kernel")?;
         let mut engine = Engine {
             assets: AssetJoin::new(&p),
             actions: rules
@@ -666,7 +667,7 @@ impl Engine {
         }
         for t in touches.drain(..) {
             if self.sessions.add(&t, &self.dir, &mut out.sessions) {
-                self.health.on_session_start(t.pair, t.t);
+                self.pairs.add_session_start(t.pair, t.t);
             }
             self.pairs.add(&t);
         }

@@ -1,7 +1,8 @@
 //! Pair aggregates behind the Customer Depth Index (EVENTS.md §6). Each micro-batch's touches
 //! are reduced by a DataFusion kernel to partial aggregates per (pair, time bucket); the operator
 //! merges them into per-pair buckets, expires buckets that left the trailing window, and
-//! computes breadth, depth, density and the band on demand.
+//! computes breadth, depth, density and the band on demand. The same per-pair record keeps the
+//! pair's session starts for process health (one random access per pair instead of two tables).
 
 use std::collections::VecDeque;
 
@@ -63,6 +64,16 @@ fn minute_of(t: Millis) -> u32 {
     u32::try_from(t.div_euclid(BUCKET_MS).max(0)).unwrap_or(u32::MAX)
 }
 
+/// What is kept per pair: the CDI buckets and the session starts of the health window.
+#[derive(Debug, Default)]
+struct PairState {
+    /// Ascending by start: new ones append, expired ones pop in front.
+    buckets: VecDeque<Bucket>,
+    /// Starts of the pair's sessions in the health window, ascending (a late start is put in
+    /// its place): health counts customers touched and touched again from them.
+    starts: VecDeque<Millis>,
+}
+
 /// Totals of a pair's buckets in a window.
 #[derive(Debug, Default)]
 struct Sum {
@@ -84,10 +95,14 @@ pub struct PairAggregates {
     cfg: CdiSection,
     kernel: Kernel,
     schema: SchemaRef,
-    /// Buckets of each pair, ascending by start: new ones append, expired ones pop in front.
-    pairs: PairMap<VecDeque<Bucket>>,
-    /// One timer per pair: when its oldest bucket leaves the window.
+    pairs: PairMap<PairState>,
+    /// One timer per pair: when its oldest bucket leaves the window (or, once no bucket is
+    /// left, its oldest session start leaves the health window).
     timers: LazyTimers<Pair>,
+    /// The health window, which session starts are kept for (at most the CDI window).
+    starts_ms: Millis,
+    /// Session starts of the current micro-batch, recorded after its touches are merged.
+    new_starts: Vec<(Pair, Millis)>,
     /// Pairs whose CDI may have changed since the last `take_changed` (new touches, buckets
     /// that left the window); kept only when `track_changes` is on (live runs publish them).
     changed: rustc_hash::FxHashSet<Pair>,
@@ -106,7 +121,8 @@ impl std::fmt::Debug for PairAggregates {
 }
 
 impl PairAggregates {
-    pub fn new(cfg: &CdiSection) -> Result<Self> {
+    /// `starts_ms`: how long session starts are kept (the health window).
+    pub fn new(cfg: &CdiSection, starts_ms: Millis) -> Result<Self> {
         let schema: SchemaRef = Arc::new(Schema::new(vec![
             Field::new("pair", DataType::UInt64, false),
             Field::new("bucket", DataType::Int64, false),
@@ -125,6 +141,8 @@ impl PairAggregates {
             schema,
             pairs: PairMap::default(),
             timers: LazyTimers::default(),
+            starts_ms,
+            new_starts: Vec::new(),
             changed: Default::default(),
             track_changes: false,
             rows: Vec::new(),
@@ -134,6 +152,11 @@ impl PairAggregates {
     /// Buffers one touch for the current micro-batch.
     pub fn add(&mut self, touch: &Touch) {
         self.rows.push(*touch);
+    }
+
+    /// A session of the pair started at `t` (its touch is added too).
+    pub fn add_session_start(&mut self, pair: Pair, t: Millis) {
+        self.new_starts.push((pair, t));
     }
 
     /// Reduces the buffered touches with the kernel and merges them into pair state; then
@@ -160,6 +183,13 @@ impl PairAggregates {
                 self.merge(&out);
             }
         }
+        // Each start's pair was just merged (its touch has a bucket), so its record is there
+        // and in the cache.
+        for (p, t) in self.new_starts.drain(..) {
+            let starts = &mut self.pairs.entry_or_default(p).starts;
+            let at = starts.partition_point(|x| *x <= t);
+            starts.insert(at, t);
+        }
         self.expire(w);
         Ok(())
     }
@@ -177,7 +207,9 @@ impl PairAggregates {
             // a few rows ahead.
             let ahead = |n: usize| pair.values().get(i + n).map(|p| Pair(*p));
             self.pairs
-                .prefetch_walk(ahead(2 * TIMER_AHEAD), ahead(TIMER_AHEAD), VecDeque::back);
+                .prefetch_walk(ahead(2 * TIMER_AHEAD), ahead(TIMER_AHEAD), |s| {
+                    s.buckets.back()
+                });
             let p = Pair(pair.value(i));
             let b = Bucket {
                 minute: minute_of(bucket.value(i)),
@@ -188,7 +220,7 @@ impl PairAggregates {
                 dwell_sum: val(4, i),
                 dwell_count: count(5, i),
             };
-            let buckets = self.pairs.entry_or_default(p);
+            let buckets = &mut self.pairs.entry_or_default(p).buckets;
             // Nearly always the newest bucket or a new one after it; late touches search.
             let found = match buckets.back() {
                 Some(last) if last.minute == b.minute => Ok(buckets.len() - 1),
@@ -222,13 +254,15 @@ impl PairAggregates {
 
     fn expire(&mut self, w: Millis) {
         let cut = w - self.window_ms;
+        let starts_cut = w - self.starts_ms;
         while let Some((_, p)) = self.timers.pop_due(w) {
             for (far, near) in self.timers.upcoming_walk(2 * TIMER_AHEAD, TIMER_AHEAD) {
-                self.pairs.prefetch_walk(far, near, VecDeque::front);
+                self.pairs.prefetch_walk(far, near, |s| s.buckets.front());
             }
-            let Some(buckets) = self.pairs.get_mut(&p) else {
+            let Some(state) = self.pairs.get_mut(&p) else {
                 continue;
             };
+            let buckets = &mut state.buckets;
             let before = buckets.len();
             while buckets.front().is_some_and(|b| b.start() < cut) {
                 buckets.pop_front();
@@ -236,13 +270,21 @@ impl PairAggregates {
             if self.track_changes && buckets.len() < before {
                 self.changed.insert(p);
             }
-            match buckets.front() {
+            let starts = &mut state.starts;
+            while starts.front().is_some_and(|t| *t < starts_cut) {
+                starts.pop_front();
+            }
+            let next = match (buckets.front(), starts.front()) {
+                (Some(front), _) => Some(front.start() + self.window_ms + BUCKET_MS),
+                // Only starts are left (a bucket's edge is exact to the bucket, a start's to
+                // the millisecond): wait for the oldest to leave the health window.
+                (None, Some(t)) => Some(t + self.starts_ms + 1),
+                (None, None) => None,
+            };
+            match next {
+                Some(due) => self.timers.schedule(due, p),
                 None => {
                     self.pairs.remove(&p);
-                }
-                Some(front) => {
-                    self.timers
-                        .schedule(front.start() + self.window_ms + BUCKET_MS, p);
                 }
             }
         }
@@ -308,7 +350,7 @@ impl PairAggregates {
 
     /// The CDI of one pair as of `as_of`, if it has an event in the window.
     pub fn cdi_of(&self, pair: Pair, as_of: Millis, dir: &Directory) -> Option<Cdi> {
-        let s = self.score(self.pairs.get(&pair)?, as_of)?;
+        let s = self.score(&self.pairs.get(&pair)?.buckets, as_of)?;
         Some(Cdi {
             rep_id: dir.rep_id(pair.rep()).to_string(),
             customer_id: dir.customer_id(pair.customer()).to_string(),
@@ -334,7 +376,8 @@ impl PairAggregates {
         mut f: impl FnMut(Pair, Score, Option<bool>),
     ) {
         let cut = as_of - window_ms.min(self.window_ms);
-        for (pair, buckets) in self.pairs.iter() {
+        for (pair, state) in self.pairs.iter() {
+            let buckets = &state.buckets;
             let Some(score) = self.score(buckets, as_of) else {
                 continue;
             };
@@ -366,11 +409,150 @@ impl PairAggregates {
         out
     }
 
+    #[cfg(test)]
+    fn cdi_of_pair_for_test(&self, pair: Pair, as_of: Millis) -> Option<Score> {
+        self.score(&self.pairs.get(&pair)?.buckets, as_of)
+    }
+
+    /// Each pair with session starts kept, with the starts (ascending).
+    pub fn session_starts(&self) -> impl Iterator<Item = (Pair, &VecDeque<Millis>)> {
+        self.pairs
+            .iter()
+            .filter(|(_, s)| !s.starts.is_empty())
+            .map(|(p, s)| (*p, &s.starts))
+    }
+
     pub fn len(&self) -> usize {
         self.pairs.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.pairs.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngExt, SeedableRng};
+
+    fn cfg(window_days: i64) -> CdiSection {
+        CdiSection {
+            window_days,
+            dwell_benchmark_ms: 60_000,
+            density_ratio: 1.5,
+            band_high_min: 2.8,
+            band_low_below: 1.5,
+        }
+    }
+
+    /// A touch with no channel, message or dwell.
+    fn touch(pair: Pair, t: Millis) -> Touch {
+        Touch {
+            pair,
+            t,
+            channel: None,
+            counted_open: false,
+            inbound: None,
+            dwell_ms: None,
+        }
+    }
+
+    /// Session starts kept with the CDI state, against a list of every start: after each
+    /// micro-batch, every start in the health window is there (to the millisecond, also when
+    /// its minute bucket has left the CDI window), none is kept past the CDI window by more
+    /// than the lateness of late data and one step of the watermark, and pairs whose buckets
+    /// and starts are all gone are dropped. Health windows shorter than and equal to the CDI
+    /// window; a few late starts (up to a day).
+    #[test]
+    fn session_starts_are_kept_for_the_health_window() {
+        const DAY: Millis = 86_400_000;
+        for (cdi_days, health_days) in [(2, 1), (2, 2)] {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+            let mut agg = PairAggregates::new(&cfg(cdi_days), health_days * DAY).unwrap();
+            let mut model: Vec<(Pair, Millis)> = Vec::new();
+            let mut w: Millis = 1_700_000_000_000;
+            let mut checked = 0;
+            for _batch in 0..400 {
+                for _ in 0..rng.random_range(0..20) {
+                    let pair = Pair::new(rng.random_range(0..3), rng.random_range(0..20));
+                    let late = rng.random_range(0..20) == 0;
+                    let t = if late {
+                        w - rng.random_range(0..DAY)
+                    } else {
+                        w + rng.random_range(0..600_000)
+                    };
+                    agg.add(&touch(pair, t));
+                    if rng.random_range(0..3) == 0 {
+                        agg.add_session_start(pair, t);
+                        model.push((pair, t));
+                    }
+                }
+                w += rng.random_range(0..3 * 3_600_000);
+                agg.flush(w).unwrap();
+                let mut kept: Vec<(Pair, Millis)> = agg
+                    .session_starts()
+                    .flat_map(|(p, s)| s.iter().map(move |t| (p, *t)))
+                    .collect();
+                kept.sort_unstable();
+                let mut want: Vec<(Pair, Millis)> = model
+                    .iter()
+                    .copied()
+                    .filter(|(_, t)| *t >= w - health_days * DAY && *t <= w)
+                    .collect();
+                want.sort_unstable();
+                let in_window: Vec<(Pair, Millis)> = kept
+                    .iter()
+                    .copied()
+                    .filter(|(_, t)| *t >= w - health_days * DAY && *t <= w)
+                    .collect();
+                assert_eq!(in_window, want, "starts in the health window at {w}");
+                checked += want.len();
+                let oldest = kept.iter().map(|(_, t)| *t).min();
+                assert!(
+                    oldest
+                        .is_none_or(|t| t >= w - cdi_days * DAY - BUCKET_MS - 3 * 3_600_000 - DAY),
+                    "a start kept past the CDI window: {oldest:?} at {w}"
+                );
+            }
+            assert!(checked > 10_000, "{checked}");
+            agg.flush(w + cdi_days * DAY + 2 * BUCKET_MS).unwrap();
+            assert_eq!(
+                agg.len(),
+                0,
+                "every pair dropped once all is past the windows"
+            );
+            assert_eq!(agg.session_starts().count(), 0);
+        }
+    }
+
+    /// A bucket's edge is exact to the minute, a start's to the millisecond: when the last
+    /// bucket of a pair leaves the CDI window while its session start (later in that minute)
+    /// is still in an equal health window, the start stays until it leaves too.
+    #[test]
+    fn a_start_outlives_its_bucket_within_the_minute() {
+        const DAY: Millis = 86_400_000;
+        let mut agg = PairAggregates::new(&cfg(2), 2 * DAY).unwrap();
+        let pair = Pair::new(1, 2);
+        let t0: Millis = 1_700_000_040_000 - 1_700_000_040_000 % BUCKET_MS;
+        let start = t0 + 10 * BUCKET_MS + 50_000;
+        for t in [t0, start] {
+            agg.add(&touch(pair, t));
+        }
+        agg.add_session_start(pair, start);
+        agg.flush(start).unwrap();
+        // The first bucket's timer is due; the cut falls inside the second bucket's minute,
+        // before the start.
+        let w = t0 + 2 * DAY + 10 * BUCKET_MS + 30_000;
+        agg.flush(w).unwrap();
+        assert_eq!(agg.cdi_of_pair_for_test(pair, w), None, "no bucket left");
+        let kept: Vec<Millis> = agg
+            .session_starts()
+            .flat_map(|(_, s)| s.iter().copied())
+            .collect();
+        assert_eq!(kept, [start]);
+        agg.flush(start + 2 * DAY + 1).unwrap();
+        assert_eq!(agg.session_starts().count(), 0);
+        assert_eq!(agg.len(), 0);
     }
 }

@@ -3,7 +3,7 @@
 //! session starts, alerts fired), and the snapshot that turns all of it into one figure set
 //! per rep, as of a watermark: live it feeds the `touchstream_rep_*` gauges, a replay writes it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap as HashMap;
 use serde_json::{Map, Value, json};
@@ -15,7 +15,7 @@ use crate::event::{Millis, format_time};
 use super::assets::AssetJoin;
 use super::cdi::PairAggregates;
 use super::pairmap::PairMap;
-use super::{LazyTimers, Pair, TIMER_AHEAD};
+use super::{LazyTimers, Pair};
 
 #[derive(Debug, Clone, Copy)]
 struct Lead {
@@ -79,8 +79,6 @@ pub struct ProcessHealth {
     window_ms: Millis,
     followup_ms: Millis,
     reply_ms: Millis,
-    /// Starts of each pair's sessions, ascending (arrival order; late starts are rare).
-    session_starts: PairMap<VecDeque<Millis>>,
     /// `lead_assigned` times of the pairs that have leads in the window, with the rep's first
     /// touch at or after each.
     leads: PairMap<Vec<Lead>>,
@@ -88,7 +86,6 @@ pub struct ProcessHealth {
     /// asks, and few pairs wait, so the answer is mostly a bit in a small (cached) set instead
     /// of a probe of `leads` (cold with a million pairs).
     awaiting: Awaiting,
-    timers: LazyTimers<Pair>,
     lead_timers: LazyTimers<Pair>,
     /// Firing alerts per rep and rule, since start.
     alerts: HashMap<RepIx, BTreeMap<String, u64>>,
@@ -102,22 +99,21 @@ impl ProcessHealth {
             window_ms: cfg.window_days * 86_400_000,
             followup_ms: cfg.followup_within_hours * 3_600_000,
             reply_ms: cfg.reply_within_hours * 3_600_000,
-            session_starts: PairMap::default(),
             leads: PairMap::default(),
             awaiting: Awaiting::default(),
-            timers: LazyTimers::default(),
             lead_timers: LazyTimers::default(),
             alerts: HashMap::default(),
             first_responses: Vec::new(),
         }
     }
 
+    /// Pairs with leads in the window (session starts are kept with the CDI state).
     pub fn len(&self) -> usize {
-        self.session_starts.len() + self.leads.len()
+        self.leads.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.session_starts.is_empty() && self.leads.is_empty()
+        self.leads.is_empty()
     }
 
     /// A `lead_assigned` for the pair at `t`.
@@ -157,12 +153,6 @@ impl ProcessHealth {
         }
     }
 
-    /// A session of the pair started at `t`.
-    pub fn on_session_start(&mut self, pair: Pair, t: Millis) {
-        self.session_starts.entry_or_default(pair).push_back(t);
-        self.timers.schedule(t + self.window_ms, pair);
-    }
-
     /// A firing alert on a row of `rep`.
     pub fn on_alert(&mut self, rep: RepIx, rule: &str) {
         *self
@@ -180,21 +170,6 @@ impl ProcessHealth {
     /// Forgets leads and session starts that left the window as of `w`.
     pub fn on_watermark(&mut self, w: Millis) {
         let cut = w - self.window_ms;
-        while let Some((_, pair)) = self.timers.pop_due(w) {
-            for (far, near) in self.timers.upcoming_walk(2 * TIMER_AHEAD, TIMER_AHEAD) {
-                self.session_starts
-                    .prefetch_walk(far, near, VecDeque::front);
-            }
-            let Some(starts) = self.session_starts.get_mut(&pair) else {
-                continue;
-            };
-            while starts.front().is_some_and(|t| *t < cut) {
-                starts.pop_front();
-            }
-            if starts.is_empty() {
-                self.session_starts.remove(&pair);
-            }
-        }
         while let Some((_, pair)) = self.lead_timers.pop_due(w) {
             if let Some(leads) = self.leads.get_mut(&pair) {
                 let was_waiting = waiting(leads);
@@ -243,7 +218,7 @@ impl ProcessHealth {
                 r.customers_replied += u64::from(replied);
             }
         });
-        for (pair, starts) in self.session_starts.iter() {
+        for (pair, starts) in cdi.session_starts() {
             let r = &mut reps[pair.rep() as usize];
             let sessions = starts.iter().filter(|t| **t >= cut && **t <= w).count();
             r.customers_touched += u64::from(sessions >= 1);
