@@ -4,22 +4,20 @@
 
 use std::collections::VecDeque;
 
-use compact_str::CompactString;
-
 use crate::directory::RepIx;
-use crate::event::{Action, Channel, Millis};
+use crate::event::{Action, Channel, Millis, Text};
 
 use super::{LazyTimers, Pair, TIMER_AHEAD};
 
 /// One retained `crm.action`.
 #[derive(Debug, Clone)]
 pub struct ActionRow {
-    pub event_id: crate::event::Text,
+    pub event_id: Text,
     pub pair: Pair,
     pub action: Action,
     pub channel: Option<Channel>,
-    pub city: Option<CompactString>,
-    pub asset_id: Option<crate::event::Text>,
+    pub city: Option<Text>,
+    pub asset_id: Option<Text>,
     /// Effective time.
     pub at: Millis,
     /// The watermark when the row arrived late (None if on time).

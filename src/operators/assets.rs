@@ -10,7 +10,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use crate::config::Pipeline;
 use crate::directory::CustomerIx;
-use crate::event::{Action, Channel, HitKind, Millis};
+use crate::event::{Action, Channel, HitKind, Millis, Text};
 
 use super::pairmap::PairMap;
 use super::{LazyTimers, Pair, Resolved, Touch, What};
@@ -44,7 +44,7 @@ impl Exclusion {
 /// A sent asset and what happened to it.
 #[derive(Debug, Clone)]
 pub struct Asset {
-    pub asset_id: crate::event::Text,
+    pub asset_id: Text,
     pub pair: Pair,
     pub action: Action,
     pub channel: Option<Channel>,
@@ -56,7 +56,7 @@ pub struct Asset {
     pub online_at_send: bool,
     pub product_visits: u32,
     /// Earliest contract event of the pair at or after the send: (time, event_id).
-    pub first_contract: Option<(Millis, crate::event::Text)>,
+    pub first_contract: Option<(Millis, Text)>,
     /// Watermark when late data last changed this asset (None if only on-time data did).
     pub late_w: Option<Millis>,
     /// Alert state per rule (index into the pipeline's rules), kept by `rules`.
@@ -83,7 +83,7 @@ pub type AssetIx = u32;
 struct PairLinks {
     assets: Vec<AssetIx>,
     /// Contract events of the pair: (time, event_id), kept for sends that arrive late.
-    contracts: Vec<(Millis, crate::event::Text)>,
+    contracts: Vec<(Millis, Text)>,
 }
 
 /// Counters the engine turns into metrics once per batch.
@@ -103,12 +103,12 @@ pub struct AssetJoin {
     retention_ms: Millis,
     presence_ms: Millis,
     product_prefix_window_ms: Millis,
-    by_id: HashMap<crate::event::Text, AssetIx>,
+    by_id: HashMap<Text, AssetIx>,
     slab: Vec<Option<Asset>>,
     free: Vec<AssetIx>,
     expiry: LazyTimers<AssetIx>,
     pending: HashMap<u64, Resolved>,
-    pending_by_asset: HashMap<crate::event::Text, Vec<u64>>,
+    pending_by_asset: HashMap<Text, Vec<u64>>,
     pending_timers: LazyTimers<u64>,
     next_pending: u64,
     presence: Vec<VecDeque<(Millis, bool)>>,

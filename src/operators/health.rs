@@ -1,7 +1,8 @@
 //! Process health per rep (README "Business metrics"): the state the per-rep rates need beyond
 //! what the asset join and the CDI aggregates already hold (leads and their first touch,
-//! session starts, alerts fired), and the snapshot that turns all of it into one figure set
-//! per rep, as of a watermark: live it feeds the `touchstream_rep_*` gauges, a replay writes it.
+//! alerts fired; session starts are kept in the CDI pair record), and the snapshot that turns
+//! all of it into one figure set per rep, as of a watermark: live it feeds the
+//! `touchstream_rep_*` gauges, a replay writes it.
 
 use std::collections::BTreeMap;
 

@@ -18,7 +18,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
 use crate::directory::{CustomerIx, RepIx};
-use crate::event::{Action, Channel, HitKind, Millis};
+use crate::event::{Action, Channel, HitKind, Millis, Text};
 
 /// A (rep, customer) pair, packed as one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -41,7 +41,7 @@ impl Pair {
 pub struct Resolved {
     /// Effective time.
     pub t: Millis,
-    pub event_id: crate::event::Text,
+    pub event_id: Text,
     /// Behind the watermark when it arrived.
     pub late: bool,
     pub what: What,
@@ -56,8 +56,8 @@ pub enum What {
         pair: Pair,
         action: Action,
         channel: Option<Channel>,
-        asset_id: Option<crate::event::Text>,
-        city: Option<crate::event::Text>,
+        asset_id: Option<Text>,
+        city: Option<Text>,
     },
     Approval {
         pair: Pair,
@@ -72,13 +72,13 @@ pub enum What {
         inbound: bool,
     },
     PixelHit {
-        asset_id: crate::event::Text,
+        asset_id: Text,
         hit: HitKind,
         dwell_ms: Option<u64>,
         proxy: bool,
     },
     WebHit {
-        asset_id: crate::event::Text,
+        asset_id: Text,
         product: bool,
     },
 }
