@@ -899,8 +899,9 @@ impl Engine {
         let mut v: Vec<(&'static str, usize)> = self.assets.sizes().to_vec();
         v.extend([
             ("session_pairs", self.sessions.len()),
+            // Pairs with CDI buckets or session starts in their windows.
             ("cdi_pairs", self.pairs.len()),
-            ("health_pairs", self.health.len()),
+            ("lead_pairs", self.health.len()),
             ("reorder", self.reorder.len()),
             ("dedup", self.dedup.len()),
             ("rule_timers", self.rules.timers()),
