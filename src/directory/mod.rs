@@ -225,7 +225,7 @@ impl Directory {
     }
 
     pub fn rep(&self, rep_id: &str) -> Option<RepIx> {
-        self.rep_by_id.get(rep_id)
+        self.rep_by(IdKind::Id, rep_id)
     }
     /// The index of reps by ids of `kind`.
     fn reps_by(&self, kind: IdKind) -> &StrIndex {
@@ -252,16 +252,7 @@ impl Directory {
         self.customers_by(kind)?.get(id)
     }
     pub fn customer(&self, customer_id: &str) -> Option<CustomerIx> {
-        self.customer_by_id.get(customer_id)
-    }
-    pub fn rep_by_wecom(&self, wecom_userid: &str) -> Option<RepIx> {
-        self.rep_by_wecom.get(wecom_userid)
-    }
-    pub fn rep_by_dingtalk(&self, staff_id: &str) -> Option<RepIx> {
-        self.rep_by_dingtalk.get(staff_id)
-    }
-    pub fn customer_by_wecom(&self, external_userid: &str) -> Option<CustomerIx> {
-        self.customer_by_wecom.get(external_userid)
+        self.customer_by(IdKind::Id, customer_id)
     }
     /// Asks the CPU to load what the lookup of a rep by `id` (of `kind`) a few events ahead
     /// will read.
@@ -316,11 +307,11 @@ mod tests {
         )))
         .expect("example directory");
         let r1 = d.rep("r1").expect("r1");
-        assert_eq!(d.rep_by_wecom("wx_r1"), Some(r1));
-        assert_eq!(d.rep_by_dingtalk("dt_r1"), Some(r1));
+        assert_eq!(d.rep_by(IdKind::Wecom, "wx_r1"), Some(r1));
+        assert_eq!(d.rep_by(IdKind::Dingtalk, "dt_r1"), Some(r1));
         assert_eq!(d.region_of(r1), "east");
         let c1 = d.customer("c1").expect("c1");
-        assert_eq!(d.customer_by_wecom("wo_c1"), Some(c1));
+        assert_eq!(d.customer_by(IdKind::Wecom, "wo_c1"), Some(c1));
         assert_eq!(d.rep("nobody"), None);
     }
 

@@ -169,7 +169,8 @@ impl PairAggregates {
             };
             let columns: Vec<Arc<dyn Array>> = vec![
                 Arc::new(UInt64Array::from_iter_values(rows.iter().map(|t| t.pair.0))),
-                int(|t| t.t.div_euclid(BUCKET_MS) * BUCKET_MS),
+                // The bucket as `Bucket::minute` stores it, computed once per touch.
+                int(|t| i64::from(minute_of(t.t))),
                 int(|t| t.channel.map_or(0, |c| channel_bit(c) as i64)),
                 int(|_| 1),
                 int(|t| (t.inbound == Some(true)) as i64),
@@ -212,7 +213,7 @@ impl PairAggregates {
                 });
             let p = Pair(pair.value(i));
             let b = Bucket {
-                minute: minute_of(bucket.value(i)),
+                minute: u32::try_from(bucket.value(i)).unwrap_or(u32::MAX),
                 channels: val(0, i) as u8,
                 events: count(1, i),
                 messages_in: count(2, i),
@@ -409,11 +410,6 @@ impl PairAggregates {
         out
     }
 
-    #[cfg(test)]
-    fn cdi_of_pair_for_test(&self, pair: Pair, as_of: Millis) -> Option<Score> {
-        self.score(&self.pairs.get(&pair)?.buckets, as_of)
-    }
-
     /// Each pair with session starts kept, with the starts (ascending).
     pub fn session_starts(&self) -> impl Iterator<Item = (Pair, &VecDeque<Millis>)> {
         self.pairs
@@ -444,6 +440,11 @@ mod tests {
             band_high_min: 2.8,
             band_low_below: 1.5,
         }
+    }
+
+    /// The score of one pair's buckets, with no directory to name it.
+    fn score_of(agg: &PairAggregates, pair: Pair, as_of: Millis) -> Option<Score> {
+        agg.score(&agg.pairs.get(&pair)?.buckets, as_of)
     }
 
     /// A touch with no channel, message or dwell.
@@ -545,7 +546,7 @@ mod tests {
         // before the start.
         let w = t0 + 2 * DAY + 10 * BUCKET_MS + 30_000;
         agg.flush(w).unwrap();
-        assert_eq!(agg.cdi_of_pair_for_test(pair, w), None, "no bucket left");
+        assert_eq!(score_of(&agg, pair, w), None, "no bucket left");
         let kept: Vec<Millis> = agg
             .session_starts()
             .flat_map(|(_, s)| s.iter().copied())

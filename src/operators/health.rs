@@ -168,7 +168,7 @@ impl ProcessHealth {
         std::mem::take(&mut self.first_responses)
     }
 
-    /// Forgets leads and session starts that left the window as of `w`.
+    /// Forgets leads that left the window as of `w`.
     pub fn on_watermark(&mut self, w: Millis) {
         let cut = w - self.window_ms;
         while let Some((_, pair)) = self.lead_timers.pop_due(w) {
