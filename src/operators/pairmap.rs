@@ -85,8 +85,18 @@ impl<V> PairMap<V> {
     where
         V: Default,
     {
+        self.entry_or_default_keeping(p, |_| true)
+    }
+
+    /// As `entry_or_default`, but when the table is full the entries `keep` refuses leave first,
+    /// and the table is sized for the rest (it may shrink): state that the watermark has made
+    /// useless goes this way, without a timer and a lookup per entry.
+    pub fn entry_or_default_keeping(&mut self, p: Pair, keep: impl Fn(&V) -> bool) -> &mut V
+    where
+        V: Default,
+    {
         if (self.len + 1) * 2 > self.slots.len() {
-            self.grow();
+            self.rebuild(keep);
         }
         let i = self.find(p);
         if self.slots[i].is_none() {
@@ -114,10 +124,15 @@ impl<V> PairMap<V> {
         self.iter().map(|(k, _)| k)
     }
 
-    fn grow(&mut self) {
-        let bigger = (0..self.slots.len() * 2).map(|_| None).collect();
-        let old = std::mem::replace(&mut self.slots, bigger);
-        for (k, v) in old.into_iter().flatten() {
+    /// Moves the entries `keep` accepts to a table at most a third full, so that a rebuild is
+    /// followed by at least as many inserts as it moved (a full table doubles).
+    fn rebuild(&mut self, keep: impl Fn(&V) -> bool) {
+        let old = std::mem::take(&mut self.slots);
+        let kept: Vec<(Pair, V)> = old.into_iter().flatten().filter(|(_, v)| keep(v)).collect();
+        let size = ((kept.len() + 1) * 3).next_power_of_two().max(16);
+        self.slots = (0..size).map(|_| None).collect();
+        self.len = kept.len();
+        for (k, v) in kept {
             let i = self.find(k);
             self.slots[i] = Some((k, v));
         }
@@ -129,6 +144,52 @@ mod tests {
     use super::*;
     use rand::{RngExt, SeedableRng};
     use std::collections::HashMap;
+
+    /// With a `keep` rule, an entry the rule accepts is never lost, one it refuses may leave at
+    /// a rebuild, and nothing else changes.
+    #[test]
+    fn entries_refused_by_keep_leave_at_a_rebuild() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let keep = |v: &u64| !v.is_multiple_of(3);
+        let mut map: PairMap<u64> = PairMap::default();
+        let mut model: HashMap<Pair, u64> = HashMap::new();
+        let mut rebuilt_away = 0;
+        for step in 1..100_000u64 {
+            let p = Pair::new(rng.random_range(0..8), rng.random_range(0..20_000));
+            let v = map.entry_or_default_keeping(p, keep);
+            let before = *v;
+            *v = step;
+            match model.insert(p, step) {
+                // A refused entry that left: the map started again from the default.
+                Some(old) if before == 0 && old != 0 => {
+                    assert!(!keep(&old), "kept entry lost at {step}");
+                    rebuilt_away += 1;
+                }
+                Some(old) => assert_eq!(before, old, "value changed at {step}"),
+                None => assert_eq!(before, 0),
+            }
+        }
+        assert!(rebuilt_away > 0, "no refused entry ever left");
+        for (p, v) in &model {
+            if keep(v) {
+                assert_eq!(map.get(p), Some(v));
+            }
+        }
+        for (p, v) in map.iter() {
+            assert_eq!(model.get(p), Some(v));
+        }
+        // Entries all refused by the rule of later inserts: the first rebuild drops them all.
+        let mut stale: PairMap<u64> = PairMap::default();
+        for c in 0..10_000 {
+            *stale.entry_or_default(Pair::new(1, c)) = 3;
+        }
+        for c in 0..20_000 {
+            *stale.entry_or_default_keeping(Pair::new(2, c), |v| *v != 3) = 1;
+        }
+        assert_eq!(stale.len(), 20_000);
+        assert!(stale.keys().all(|p| p.rep() == 2));
+        assert!((0..20_000).all(|c| stale.get(&Pair::new(2, c)) == Some(&1)));
+    }
 
     /// Random inserts, updates and removals agree with a `HashMap`, over pairs of a few reps
     /// with consecutive customers (long runs in the table) and random ones.

@@ -1,6 +1,8 @@
 //! Gap sessions per pair (EVENTS.md §4): a pair's touches in effective-time order, split where
 //! two consecutive touches are more than the gap apart. A session is emitted once the watermark
-//! passes `end + gap`, when no on-time event can extend it any more.
+//! passes `end + gap`, when no on-time event can extend it any more. A pair's entry stays while
+//! its late touches could still fall into its last session (until the watermark passes
+//! `end + 2 × gap`); after that it is dead, and leaves when the table is next rebuilt.
 
 use crate::directory::Directory;
 use crate::engine::output::Session;
@@ -62,6 +64,11 @@ pub struct Sessions {
     gap_ms: Millis,
     pairs: PairMap<PairSessions>,
     timers: LazyTimers<Pair>,
+    /// Pairs with an open session.
+    open: usize,
+    /// The watermark of the last `on_watermark`: an emitted session's end no longer holds late
+    /// touches once it has passed `end + 2 × gap`.
+    fired_w: Millis,
     /// Late touches that fell into an already emitted session.
     pub late_dropped: u64,
 }
@@ -72,6 +79,8 @@ impl Sessions {
             gap_ms,
             pairs: PairMap::default(),
             timers: LazyTimers::default(),
+            open: 0,
+            fired_w: Millis::MIN,
             late_dropped: 0,
         }
     }
@@ -79,7 +88,12 @@ impl Sessions {
     /// Adds a touch; true when it starts a new session.
     pub fn add(&mut self, touch: &Touch, dir: &Directory, out: &mut Vec<Session>) -> bool {
         let gap = self.gap_ms;
-        let p = self.pairs.entry_or_default(touch.pair);
+        let fired_w = self.fired_w;
+        // The last session's end matters until the watermark passes `end + 2 × gap`.
+        let live = |e: Millis| e + 2 * gap >= fired_w;
+        let p = self.pairs.entry_or_default_keeping(touch.pair, |s| {
+            s.open.is_some() || s.last_end.is_some_and(live)
+        });
         if let Some(open) = &mut p.open {
             if touch.t >= open.start - gap && touch.t <= open.end + gap {
                 // The session's timer stays where it is; when it pops, it moves to the new end.
@@ -91,6 +105,7 @@ impl Sessions {
                 let done = p.open.take();
                 if let Some(done) = done {
                     p.last_end = Some(done.end);
+                    self.open -= 1;
                     out.push(record(touch.pair, &done, dir));
                 }
             } else {
@@ -99,7 +114,7 @@ impl Sessions {
                 return false;
             }
         }
-        if p.last_end.is_some_and(|e| touch.t <= e + gap) {
+        if p.last_end.is_some_and(|e| touch.t <= e + gap && live(e)) {
             self.late_dropped += 1;
             return false;
         }
@@ -107,12 +122,14 @@ impl Sessions {
         open.add(touch);
         self.timers.schedule(open.end + gap + 1, touch.pair);
         p.open = Some(open);
+        self.open += 1;
         true
     }
 
     /// Emits the sessions the watermark `w` has passed (`w > end + gap`).
     pub fn on_watermark(&mut self, w: Millis, dir: &Directory, out: &mut Vec<Session>) {
         let gap = self.gap_ms;
+        self.fired_w = self.fired_w.max(w);
         while let Some((_, pair)) = self.timers.pop_due(w) {
             for next in self.timers.upcoming(TIMER_AHEAD) {
                 self.pairs.prefetch(next);
@@ -130,21 +147,19 @@ impl Sessions {
             }
             if let Some(done) = p.open.take() {
                 p.last_end = Some(done.end);
+                self.open -= 1;
                 out.push(record(pair, &done, dir));
-                // Forget the pair once no late touch could still matter to it.
-                self.timers.schedule(done.end + 2 * gap + 1, pair);
-            } else if p.open.is_none() && p.last_end.is_some_and(|e| w > e + 2 * gap) {
-                self.pairs.remove(&pair);
             }
         }
     }
 
+    /// Pairs with an open session.
     pub fn len(&self) -> usize {
-        self.pairs.len()
+        self.open
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
+        self.open == 0
     }
 }
 
