@@ -447,16 +447,8 @@ mod tests {
         agg.score(&agg.pairs.get(&pair)?.buckets, as_of)
     }
 
-    /// A touch with no channel, message or dwell.
     fn touch(pair: Pair, t: Millis) -> Touch {
-        Touch {
-            pair,
-            t,
-            channel: None,
-            counted_open: false,
-            inbound: None,
-            dwell_ms: None,
-        }
+        Touch::plain(pair, t)
     }
 
     /// Session starts kept with the CDI state, against a list of every start: after each

@@ -112,6 +112,21 @@ pub struct Touch {
     pub dwell_ms: Option<u64>,
 }
 
+#[cfg(test)]
+impl Touch {
+    /// A touch with no channel, message or dwell (tests).
+    pub fn plain(pair: Pair, t: Millis) -> Touch {
+        Touch {
+            pair,
+            t,
+            channel: None,
+            counted_open: false,
+            inbound: None,
+            dwell_ms: None,
+        }
+    }
+}
+
 /// How many pops ahead the operators load the state a timer will read (see
 /// `LazyTimers::upcoming`): far enough that the load is done when the pop comes, near enough
 /// that it is still in the cache. Two-step loads (a slot, then what it points to) load the

@@ -176,3 +176,84 @@ fn record(pair: Pair, s: &Open, dir: &Directory) -> Session {
         messages_out: s.messages_out,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const GAP: Millis = 30 * 60_000;
+
+    fn touch(pair: Pair, t: Millis) -> Touch {
+        Touch::plain(pair, t)
+    }
+
+    /// README "Late": a late touch within the gap of an emitted session's end is dropped and
+    /// counted while the watermark has not passed `end + 2 × gap`; after that it starts a
+    /// session of its own.
+    #[test]
+    fn a_late_touch_joins_nothing_emitted_until_the_end_is_forgotten() {
+        let dir = Directory::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/directory"
+        )))
+        .expect("example directory");
+        let (r, c) = (dir.rep("r1").expect("r1"), dir.customer("c1").expect("c1"));
+        let pair = Pair::new(r, c);
+        let mut s = Sessions::new(GAP);
+        let mut out = Vec::new();
+        assert!(s.add(&touch(pair, 0), &dir, &mut out));
+        assert_eq!(s.len(), 1);
+        s.on_watermark(GAP, &dir, &mut out);
+        assert!(
+            out.is_empty(),
+            "emitted before the watermark passed end + gap"
+        );
+        s.on_watermark(GAP + 1, &dir, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].start, out[0].end, out[0].event_count), (0, 0, 1));
+        assert_eq!(s.len(), 0);
+
+        // Within the gap of the emitted end, the watermark at end + 2 × gap: dropped.
+        s.on_watermark(2 * GAP, &dir, &mut out);
+        assert!(!s.add(&touch(pair, GAP), &dir, &mut out));
+        assert_eq!(s.late_dropped, 1);
+        assert_eq!(s.len(), 0);
+
+        // The watermark past end + 2 × gap: the same touch starts a session.
+        s.on_watermark(2 * GAP + 1, &dir, &mut out);
+        assert!(s.add(&touch(pair, GAP), &dir, &mut out));
+        assert_eq!(s.late_dropped, 1);
+        assert_eq!(s.len(), 1);
+        s.on_watermark(3 * GAP, &dir, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[1].start, out[1].end), (GAP, GAP));
+    }
+
+    /// Pairs whose sessions ended long ago leave the table: with a few sessions open at any
+    /// time, the table holds a few times that many entries, not every pair ever seen.
+    #[test]
+    fn forgotten_pairs_leave_the_table() {
+        let reps: String = (0..7).map(|r| format!("r{r},Rep {r},east,,\n")).collect();
+        let customers: String = (0..50_000)
+            .map(|c| format!("c{c},Customer {c},,A\n"))
+            .collect();
+        let dir = Directory::from_csv(
+            &format!("rep_id,name,region,wecom_userid,dingtalk_staff_id\n{reps}"),
+            &format!("customer_id,name,wecom_external_userid,tier\n{customers}"),
+            "region,director,routes\neast,Chen Jie,\n",
+        )
+        .expect("directory");
+        let mut s = Sessions::new(GAP);
+        let mut out = Vec::new();
+        // 50 000 pairs, one touch each, one minute apart: about 30 open at any time.
+        for i in 0..50_000u32 {
+            let t = i as Millis * 60_000;
+            s.on_watermark(t, &dir, &mut out);
+            s.add(&touch(Pair::new(i % 7, i), t), &dir, &mut out);
+            assert!(s.len() <= 32, "{} open at {i}", s.len());
+            assert!(s.pairs.len() <= 1_024, "{} entries at {i}", s.pairs.len());
+        }
+        assert_eq!(out.len(), 50_000 - s.len());
+    }
+}
