@@ -447,10 +447,6 @@ mod tests {
         agg.score(&agg.pairs.get(&pair)?.buckets, as_of)
     }
 
-    fn touch(pair: Pair, t: Millis) -> Touch {
-        Touch::plain(pair, t)
-    }
-
     /// Session starts kept with the CDI state, against a list of every start: after each
     /// micro-batch, every start in the health window is there (to the millisecond, also when
     /// its minute bucket has left the CDI window), none is kept past the CDI window by more
@@ -475,7 +471,7 @@ mod tests {
                     } else {
                         w + rng.random_range(0..600_000)
                     };
-                    agg.add(&touch(pair, t));
+                    agg.add(&Touch::plain(pair, t));
                     if rng.random_range(0..3) == 0 {
                         agg.add_session_start(pair, t);
                         model.push((pair, t));
@@ -530,7 +526,7 @@ mod tests {
         let t0: Millis = 1_700_000_040_000 - 1_700_000_040_000 % BUCKET_MS;
         let start = t0 + 10 * BUCKET_MS + 50_000;
         for t in [t0, start] {
-            agg.add(&touch(pair, t));
+            agg.add(&Touch::plain(pair, t));
         }
         agg.add_session_start(pair, start);
         agg.flush(start).unwrap();

@@ -127,12 +127,12 @@ impl<V> PairMap<V> {
     /// Moves the entries `keep` accepts to a table at most a third full, so that a rebuild is
     /// followed by at least as many inserts as it moved (a full table doubles).
     fn rebuild(&mut self, keep: impl Fn(&V) -> bool) {
-        let old = std::mem::take(&mut self.slots);
-        let kept: Vec<(Pair, V)> = old.into_iter().flatten().filter(|(_, v)| keep(v)).collect();
-        let size = ((kept.len() + 1) * 3).next_power_of_two().max(16);
-        self.slots = (0..size).map(|_| None).collect();
-        self.len = kept.len();
-        for (k, v) in kept {
+        // Counted first, so that the entries move straight from the old table to the new one.
+        let kept = self.iter().filter(|(_, v)| keep(v)).count();
+        let size = ((kept + 1) * 3).next_power_of_two().max(16);
+        let old = std::mem::replace(&mut self.slots, (0..size).map(|_| None).collect());
+        self.len = kept;
+        for (k, v) in old.into_iter().flatten().filter(|(_, v)| keep(v)) {
             let i = self.find(k);
             self.slots[i] = Some((k, v));
         }

@@ -102,12 +102,7 @@ impl Sessions {
             }
             if touch.t > open.end + gap {
                 // In effective-time order the next session starts: close this one now.
-                let done = p.open.take();
-                if let Some(done) = done {
-                    p.last_end = Some(done.end);
-                    self.open -= 1;
-                    out.push(record(touch.pair, &done, dir));
-                }
+                close(p, touch.pair, &mut self.open, dir, out);
             } else {
                 // Late, and earlier than the open session by more than the gap.
                 self.late_dropped += 1;
@@ -145,11 +140,7 @@ impl Sessions {
                 self.timers.schedule(o.end + gap + 1, pair);
                 continue;
             }
-            if let Some(done) = p.open.take() {
-                p.last_end = Some(done.end);
-                self.open -= 1;
-                out.push(record(pair, &done, dir));
-            }
+            close(p, pair, &mut self.open, dir, out);
         }
     }
 
@@ -160,6 +151,22 @@ impl Sessions {
 
     pub fn is_empty(&self) -> bool {
         self.open == 0
+    }
+}
+
+/// Emits the pair's open session, if it has one, and remembers its end; `open` counts the
+/// pairs with an open session.
+fn close(
+    p: &mut PairSessions,
+    pair: Pair,
+    open: &mut usize,
+    dir: &Directory,
+    out: &mut Vec<Session>,
+) {
+    if let Some(done) = p.open.take() {
+        p.last_end = Some(done.end);
+        *open -= 1;
+        out.push(record(pair, &done, dir));
     }
 }
 
@@ -184,10 +191,6 @@ mod tests {
 
     const GAP: Millis = 30 * 60_000;
 
-    fn touch(pair: Pair, t: Millis) -> Touch {
-        Touch::plain(pair, t)
-    }
-
     /// README "Late": a late touch within the gap of an emitted session's end is dropped and
     /// counted while the watermark has not passed `end + 2 × gap`; after that it starts a
     /// session of its own.
@@ -202,7 +205,7 @@ mod tests {
         let pair = Pair::new(r, c);
         let mut s = Sessions::new(GAP);
         let mut out = Vec::new();
-        assert!(s.add(&touch(pair, 0), &dir, &mut out));
+        assert!(s.add(&Touch::plain(pair, 0), &dir, &mut out));
         assert_eq!(s.len(), 1);
         s.on_watermark(GAP, &dir, &mut out);
         assert!(
@@ -216,13 +219,13 @@ mod tests {
 
         // Within the gap of the emitted end, the watermark at end + 2 × gap: dropped.
         s.on_watermark(2 * GAP, &dir, &mut out);
-        assert!(!s.add(&touch(pair, GAP), &dir, &mut out));
+        assert!(!s.add(&Touch::plain(pair, GAP), &dir, &mut out));
         assert_eq!(s.late_dropped, 1);
         assert_eq!(s.len(), 0);
 
         // The watermark past end + 2 × gap: the same touch starts a session.
         s.on_watermark(2 * GAP + 1, &dir, &mut out);
-        assert!(s.add(&touch(pair, GAP), &dir, &mut out));
+        assert!(s.add(&Touch::plain(pair, GAP), &dir, &mut out));
         assert_eq!(s.late_dropped, 1);
         assert_eq!(s.len(), 1);
         s.on_watermark(3 * GAP, &dir, &mut out);
@@ -250,7 +253,7 @@ mod tests {
         for i in 0..50_000u32 {
             let t = i as Millis * 60_000;
             s.on_watermark(t, &dir, &mut out);
-            s.add(&touch(Pair::new(i % 7, i), t), &dir, &mut out);
+            s.add(&Touch::plain(Pair::new(i % 7, i), t), &dir, &mut out);
             assert!(s.len() <= 32, "{} open at {i}", s.len());
             assert!(s.pairs.len() <= 1_024, "{} entries at {i}", s.pairs.len());
         }
