@@ -9,11 +9,17 @@
 
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, IntervalMonthDayNano, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::streaming::StreamingTable;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
+use datafusion::logical_expr::expr_rewriter::NamePreserver;
+use datafusion::logical_expr::utils::merge_schema;
+use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, LogicalPlan, Operator};
+use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::projection::Projector;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
@@ -151,6 +157,7 @@ impl Kernel {
             .with_target_partitions(1)
             .with_batch_size(8192);
         let ctx = SessionContext::new_with_config(config);
+        ctx.add_optimizer_rule(Arc::new(FixedIntervals));
         let mut rows = Vec::new();
         let mut first: Option<Arc<dyn PartitionStream>> = None;
         for (table, schema) in tables {
@@ -217,6 +224,109 @@ impl Kernel {
             self.task_ctx.clone(),
         )))
     }
+}
+
+/// Rewrites `timestamp ± INTERVAL` of a fixed length (no months, a whole number of the
+/// timestamp's unit) as `timestamp ± duration`, for timestamps without a time zone or in one
+/// with a fixed offset (the operator tables' are UTC). A day is then always 86 400 s, so the
+/// value is the same; but the interval form runs calendar arithmetic per row (chrono and a
+/// time-zone lookup), the duration form one integer add.
+/// Rules write `sent_at + INTERVAL '5 days'`, and their `due_at` runs on every changed row.
+#[derive(Debug)]
+struct FixedIntervals;
+
+impl OptimizerRule for FixedIntervals {
+    fn name(&self) -> &str {
+        "touchstream_fixed_intervals"
+    }
+
+    fn apply_order(&self) -> Option<ApplyOrder> {
+        Some(ApplyOrder::BottomUp)
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        _config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        if plan.inputs().is_empty() {
+            return Ok(Transformed::no(plan));
+        }
+        let schema = merge_schema(&plan.inputs());
+        // The plan's schema names un-aliased expressions after their text: keep those names.
+        let names = NamePreserver::new(&plan);
+        plan.map_expressions(|expr| {
+            let name = names.save(&expr);
+            Ok(expr
+                .transform_up(|e| as_duration(e, &schema))?
+                .update_data(|e| name.restore(e)))
+        })
+    }
+}
+
+/// `ts ± interval` (or `interval + ts`) as `ts ± duration` when the interval has a fixed length.
+fn as_duration(expr: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = &expr else {
+        return Ok(Transformed::no(expr));
+    };
+    let interval = |e: &Expr| match e {
+        Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) => Some(*v),
+        _ => None,
+    };
+    let (ts, v) = match (op, interval(left), interval(right)) {
+        (Operator::Plus | Operator::Minus, None, Some(v)) => (left, v),
+        (Operator::Plus, Some(v), None) => (right, v),
+        _ => return Ok(Transformed::no(expr)),
+    };
+    let DataType::Timestamp(unit, tz) = ts.get_type(schema)? else {
+        return Ok(Transformed::no(expr));
+    };
+    if !tz.as_deref().is_none_or(fixed_offset) {
+        return Ok(Transformed::no(expr));
+    }
+    let Some(duration) = fixed_duration(v, unit) else {
+        return Ok(Transformed::no(expr));
+    };
+    let rewritten = BinaryExpr::new(ts.clone(), *op, Box::new(Expr::Literal(duration, None)));
+    Ok(Transformed::yes(Expr::BinaryExpr(rewritten)))
+}
+
+/// A time zone without daylight saving time or other changes of offset: UTC or `±HH:MM`.
+fn fixed_offset(tz: &str) -> bool {
+    match tz.as_bytes() {
+        b"UTC" | b"Z" => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit()),
+        _ => false,
+    }
+}
+
+/// The interval as a duration in `unit`, when it has no months, is a whole number of `unit`
+/// and stays within ten thousand years (far from any overflow of the 64-bit timestamps).
+fn fixed_duration(v: IntervalMonthDayNano, unit: TimeUnit) -> Option<ScalarValue> {
+    const NANOS_PER_DAY: i128 = 86_400_000_000_000;
+    if v.months != 0 {
+        return None;
+    }
+    let nanos = i128::from(v.days) * NANOS_PER_DAY + i128::from(v.nanoseconds);
+    if nanos.abs() > 10_000 * 366 * NANOS_PER_DAY {
+        return None;
+    }
+    let per: i128 = match unit {
+        TimeUnit::Second => 1_000_000_000,
+        TimeUnit::Millisecond => 1_000_000,
+        TimeUnit::Microsecond => 1_000,
+        TimeUnit::Nanosecond => 1,
+    };
+    if nanos % per != 0 {
+        return None;
+    }
+    let n = Some(i64::try_from(nanos / per).ok()?);
+    Some(match unit {
+        TimeUnit::Second => ScalarValue::DurationSecond(n),
+        TimeUnit::Millisecond => ScalarValue::DurationMillisecond(n),
+        TimeUnit::Microsecond => ScalarValue::DurationMicrosecond(n),
+        TimeUnit::Nanosecond => ScalarValue::DurationNanosecond(n),
+    })
 }
 
 #[cfg(test)]
@@ -341,6 +451,61 @@ mod tests {
             let k = Kernel::compile_with(&[("t", schema.clone()), ("other", schema.clone())], sql)
                 .expect("plan");
             assert!(!k.is_direct(), "{sql}");
+        }
+    }
+
+    /// Fixed-length intervals become durations with the same results, on both sides of `+`,
+    /// across a day boundary and before 1970; months, odd units and named time zones stay
+    /// intervals.
+    #[test]
+    fn fixed_intervals_run_as_durations_with_the_same_results() {
+        use datafusion::arrow::array::TimestampMillisecondArray;
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let ts = |tz: Option<&str>| DataType::Timestamp(TimeUnit::Millisecond, tz.map(Into::into));
+        let exprs = [
+            ("at + INTERVAL '5 days'", true),
+            ("INTERVAL '1 day 2 hours' + at", true),
+            ("at - INTERVAL '14 days'", true),
+            ("at - INTERVAL '1 hour'", true),
+            ("at + INTERVAL '1 month'", false),
+            ("at + INTERVAL '1 microsecond'", false),
+        ];
+        for (tz, fixed) in [(None, true), (Some("UTC"), true), (Some("+08:00"), true)]
+            .into_iter()
+            .chain([(Some("Asia/Shanghai"), false)])
+        {
+            let schema = Arc::new(Schema::new(vec![Field::new("at", ts(tz), true)]));
+            let values = TimestampMillisecondArray::from(vec![
+                Some(1_793_581_200_000),
+                Some(1_793_663_999_999),
+                Some(-86_400_001),
+                None,
+            ]);
+            let values = match tz {
+                Some(tz) => values.with_timezone(tz),
+                None => values,
+            };
+            let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(values)]).expect("b");
+            for (expr, rewritten) in exprs {
+                let sql = format!("SELECT {expr} AS v FROM t");
+                let k = Kernel::compile("t", schema.clone(), &sql).expect("plan");
+                let plan = datafusion::physical_plan::displayable(k.plan.as_ref())
+                    .indent(true)
+                    .to_string();
+                assert_eq!(
+                    !plan.contains("IntervalMonthDayNano"),
+                    rewritten && fixed,
+                    "{sql} ({tz:?}): {plan}"
+                );
+                // The same query planned without the rule.
+                let ctx = SessionContext::new();
+                ctx.register_batch("t", batch.clone()).expect("register");
+                let want =
+                    futures::executor::block_on(async { ctx.sql(&sql).await?.collect().await })
+                        .expect("reference");
+                let got = k.run(batch.clone()).expect("run");
+                assert_eq!(got, want, "{sql} ({tz:?})");
+            }
         }
     }
 }
