@@ -922,6 +922,61 @@ impl Engine {
 mod tests {
     use super::*;
 
+    /// A query rule decides a row again when its row-level `due_at` moves, even though only
+    /// on-time data changed the row: the rule below is due at the last open and fires at the
+    /// third, so each open must be decided anew after the earlier ones were (each event comes
+    /// in its own micro-batch, after the watermark passed the one before).
+    #[test]
+    fn a_query_rule_decides_again_when_its_due_at_moves() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = crate::config::default_text();
+        let head = &text[..text.find("[[rules]]").expect("rules")];
+        let rule = r#"
+[[rules]]
+name = "third_open"
+table = "assets"
+due_at = "last_open_at"
+query = "SELECT __row, last_open_at AS due_at, counted_opens >= 3 AS fire FROM assets"
+severity = "info"
+summary = "third open"
+"#;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let file = tmp.path().join("p.toml");
+        std::fs::write(&file, format!("{head}{rule}")).expect("write");
+        let pipeline = Arc::new(Pipeline::load(&file).expect("pipeline"));
+        let dir = Arc::new(Directory::load(&root.join("tests/cases/directory")).expect("dir"));
+        let mut engine = Engine::new(pipeline, dir, ClockMode::Replay).expect("engine");
+        let send = r#"{"event_id":"s","kind":"crm.action","ts":"2026-11-02T01:00:00Z","rep_id":"r1","customer_id":"c1","action":"quote_sent","channel":"email","asset_id":"q1"}"#;
+        let mut lines = vec![send.to_owned()];
+        for h in 1..=3 {
+            lines.push(format!(
+                r#"{{"event_id":"o{h}","kind":"pixel.hit","ts":"2026-11-02T0{}:00:00Z","asset_id":"q1","hit":"open"}}"#,
+                1 + 2 * h
+            ));
+            // Moves the watermark past the open (allowed lateness: 5 minutes).
+            lines.push(format!(
+                r#"{{"event_id":"p{h}","kind":"wecom.presence","ts":"2026-11-02T0{}:00:00Z","external_userid":"wo_c2","status":"online"}}"#,
+                2 + 2 * h
+            ));
+        }
+        let now = 1_893_456_000_000; // 2030-01-01
+        let mut alerts = Vec::new();
+        for line in &lines {
+            let input = Input {
+                raw: line.as_bytes(),
+                received_at: None,
+            };
+            alerts.extend(engine.process(&[input], now).alerts);
+        }
+        alerts.extend(engine.finish(None, now).alerts);
+        let got: Vec<(&str, &str, Millis)> = alerts
+            .iter()
+            .map(|a| (a.rule.as_str(), a.status.as_str(), a.due_at))
+            .collect();
+        let third_open = 1_793_581_200_000 + 6 * 3_600_000; // 2026-11-02T07:00:00Z
+        assert_eq!(got, [("third_open", "firing", third_open)]);
+    }
+
     /// Each kind of event names its rep and customer by its own kind of id, and a dead letter
     /// for an unknown one names the field it came from (the rep's before the customer's).
     #[test]

@@ -23,7 +23,7 @@ pub struct ActionRow {
     /// The watermark when the row arrived late (None if on time).
     pub late_w: Option<Millis>,
     /// Alert state per rule of the `actions` table, kept by `rules`.
-    pub alerts: Vec<Option<crate::rules::AlertMark>>,
+    pub alerts: Vec<crate::rules::RuleSlot>,
     /// Earliest `due_at` a rule is waiting for on this row (`Millis::MAX`: none).
     pub decision_due: Millis,
 }

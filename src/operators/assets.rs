@@ -60,7 +60,7 @@ pub struct Asset {
     /// Watermark when late data last changed this asset (None if only on-time data did).
     pub late_w: Option<Millis>,
     /// Alert state per rule (index into the pipeline's rules), kept by `rules`.
-    pub alerts: Vec<Option<crate::rules::AlertMark>>,
+    pub alerts: Vec<crate::rules::RuleSlot>,
     /// Earliest `due_at` a rule is waiting for on this asset (`Millis::MAX`: none).
     pub decision_due: Millis,
     dirty: bool,

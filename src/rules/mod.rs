@@ -62,6 +62,18 @@ pub struct AlertMark {
     pub fired_at: Millis,
 }
 
+/// What one rule has decided on one row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuleSlot {
+    /// The row's alert of this rule, once fired.
+    pub alert: Option<AlertMark>,
+    /// A query rule with a row-level `due_at`: the `due_at` its last decision was made at.
+    /// Such a decision reads data at or before `due_at` only, which on-time data never is once
+    /// the watermark has passed it: the query need not run again on this row until late data
+    /// changes it or its `due_at` moves.
+    pub decided_due: Option<Millis>,
+}
+
 struct CompiledRule {
     spec: RuleSpec,
     kernel: Kernel,
@@ -373,8 +385,15 @@ impl TableRules {
                     *e = (*e).max(w.1);
                 }
             }
-            rows.extend(table.closure(&late));
         }
+        // Rows late data changed, with their groups' rows when a rule reads the context: the
+        // only rows on which a decision already made can change.
+        let mut unsettled = late;
+        if !unsettled.is_empty() && self.rules.iter().any(|r| r.uses_context) {
+            unsettled = table.closure(&unsettled);
+            rows.extend_from_slice(&unsettled);
+        }
+        unsettled.sort_unstable();
         if rows.is_empty() {
             return Ok(());
         }
@@ -384,12 +403,13 @@ impl TableRules {
         let batch = table.batch(&rows, dir)?;
         let mut inputs = Vec::with_capacity(self.rules.len());
         let mut waiting: Vec<(u32, Millis)> = Vec::new();
-        for rule in &self.rules {
+        for (r, rule) in self.rules.iter().enumerate() {
             let (ready_batch, ready) = match &rule.due_kernel {
                 None => (batch.clone(), None),
                 Some(pre) => {
-                    // Rows not yet due only get a timer; the query runs on the due ones.
-                    let mut ready = Vec::new();
+                    // Rows not yet due only get a timer; the query runs on the due ones that
+                    // it has not yet decided at this `due_at`, or that late data changed.
+                    let mut ready: Vec<(u32, Millis)> = Vec::new();
                     for res in pre.run(batch.clone())? {
                         let ixs = res.column(0).as_primitive::<UInt32Type>();
                         let due = millis(res.column(1))?;
@@ -399,7 +419,14 @@ impl TableRules {
                             }
                             let (ix, due_at) = (ixs.value(i), due.value(i));
                             if stamp.decidable(due_at) {
-                                ready.push(ix);
+                                let settled = unsettled.binary_search(&ix).is_err()
+                                    && table.row(ix).is_some_and(|row| {
+                                        row.slots().get(r).and_then(|s| s.decided_due)
+                                            == Some(due_at)
+                                    });
+                                if !settled {
+                                    ready.push((ix, due_at));
+                                }
                             } else {
                                 waiting.push((ix, due_at));
                             }
@@ -409,15 +436,18 @@ impl TableRules {
                         inputs.push(None);
                         continue;
                     }
-                    (table.batch(&ready, dir)?, Some(ready))
+                    ready.sort_unstable();
+                    let ixs: Vec<u32> = ready.iter().map(|(ix, _)| *ix).collect();
+                    (table.batch(&ixs, dir)?, Some((ixs, ready)))
                 }
             };
             let context = if rule.uses_context {
-                table.batch(&table.closure(ready.as_deref().unwrap_or(&rows)), dir)?
+                let of = ready.as_ref().map_or(&rows, |(ixs, _)| ixs);
+                table.batch(&table.closure(of), dir)?
             } else {
                 RecordBatch::new_empty(ready_batch.schema())
             };
-            inputs.push(Some((ready_batch, context)));
+            inputs.push(Some((ready_batch, context, ready.map(|(_, dues)| dues))));
         }
         for (ix, due_at) in waiting {
             if let Some(row) = table.row_mut(ix) {
@@ -425,7 +455,7 @@ impl TableRules {
             }
         }
         for (r, input) in inputs.into_iter().enumerate() {
-            let Some((rows_batch, context)) = input else {
+            let Some((rows_batch, context, row_dues)) = input else {
                 continue;
             };
             let rule = &self.rules[r];
@@ -463,6 +493,11 @@ impl TableRules {
                         extra: &|| evidence.row(i),
                     };
                     decide(&rule.spec, r, n, row, d, dir, stamp, out);
+                    if let Some(dues) = &row_dues
+                        && let Ok(k) = dues.binary_search_by_key(&ix, |(ix, _)| *ix)
+                    {
+                        row.state().0[r].decided_due = Some(dues[k].1);
+                    }
                 }
             }
         }
@@ -506,11 +541,11 @@ fn decide<R: RuleRow>(
         late_w,
         extra,
     } = d;
-    let (alerts, _) = row.state();
-    if alerts.len() <= r {
-        alerts.resize(n, None);
+    let (slots, _) = row.state();
+    if slots.len() <= r {
+        slots.resize(n, RuleSlot::default());
     }
-    match (alerts[r], firing) {
+    match (slots[r].alert, firing) {
         (None, true) => {
             // Replay: the alert is due when the watermark reaches `due_at`, or later when
             // only late data made it true.
@@ -522,7 +557,7 @@ fn decide<R: RuleRow>(
                 due_at,
                 fired_at,
             };
-            alerts[r] = Some(mark);
+            slots[r].alert = Some(mark);
             let mut ev = row.evidence(due_at);
             ev.extend(extra());
             out.push(alert(spec, row, mark, ev, dir));
@@ -535,7 +570,7 @@ fn decide<R: RuleRow>(
                 status: AlertStatus::Resolved,
                 ..m
             };
-            alerts[r] = Some(mark);
+            slots[r].alert = Some(mark);
             let mut ev = row.evidence(m.due_at);
             ev.extend(extra());
             ev.insert("resolved_at".into(), json!(format_time(resolved_at)));

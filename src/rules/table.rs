@@ -19,7 +19,7 @@ use crate::operators::Pair;
 use crate::operators::actions::{ActionLog, ActionRow};
 use crate::operators::assets::{Asset, AssetIx, AssetJoin};
 
-use super::AlertMark;
+use super::RuleSlot;
 
 /// One operator table: its rows by index, Arrow batches of some of them, and the context rows
 /// (the rows' pairs' assets, the rows' reps' actions) that a query rule may join.
@@ -35,7 +35,9 @@ pub trait RuleTable {
 /// A row an alert can be raised on.
 pub trait RuleRow {
     /// Alert state per rule of the table, and the earliest `due_at` a rule waits for.
-    fn state(&mut self) -> (&mut Vec<Option<AlertMark>>, &mut Millis);
+    fn state(&mut self) -> (&mut Vec<RuleSlot>, &mut Millis);
+    /// What each rule of the table has decided on the row.
+    fn slots(&self) -> &[RuleSlot];
     /// The watermark when late data last changed the row.
     fn late_w(&self) -> Option<Millis>;
     fn pair(&self) -> Pair;
@@ -51,8 +53,11 @@ pub trait RuleRow {
 }
 
 impl RuleRow for Asset {
-    fn state(&mut self) -> (&mut Vec<Option<AlertMark>>, &mut Millis) {
+    fn state(&mut self) -> (&mut Vec<RuleSlot>, &mut Millis) {
         (&mut self.alerts, &mut self.decision_due)
+    }
+    fn slots(&self) -> &[RuleSlot] {
+        &self.alerts
     }
     fn late_w(&self) -> Option<Millis> {
         self.late_w
@@ -100,8 +105,11 @@ impl RuleRow for Asset {
 }
 
 impl RuleRow for ActionRow {
-    fn state(&mut self) -> (&mut Vec<Option<AlertMark>>, &mut Millis) {
+    fn state(&mut self) -> (&mut Vec<RuleSlot>, &mut Millis) {
         (&mut self.alerts, &mut self.decision_due)
+    }
+    fn slots(&self) -> &[RuleSlot] {
+        &self.alerts
     }
     fn late_w(&self) -> Option<Millis> {
         self.late_w
