@@ -132,6 +132,8 @@ pub struct Kernel {
     rows: Vec<Arc<Mutex<Vec<RecordBatch>>>>,
     /// Set when the plan only filters and projects the first table.
     direct: Option<Direct>,
+    /// Per input table, the columns the plan reads (see `Columns`).
+    reads: Vec<Columns>,
     /// Schema of the query's output.
     pub output_schema: SchemaRef,
 }
@@ -159,14 +161,14 @@ impl Kernel {
         let ctx = SessionContext::new_with_config(config);
         ctx.add_optimizer_rule(Arc::new(FixedIntervals));
         let mut rows = Vec::new();
-        let mut first: Option<Arc<dyn PartitionStream>> = None;
+        let mut inputs: Vec<Arc<dyn PartitionStream>> = Vec::new();
         for (table, schema) in tables {
             let slot = Arc::new(Mutex::new(Vec::new()));
             let input: Arc<dyn PartitionStream> = Arc::new(SwapInput {
                 schema: schema.clone(),
                 rows: slot.clone(),
             });
-            first.get_or_insert_with(|| input.clone());
+            inputs.push(input.clone());
             let table_provider = StreamingTable::try_new(schema.clone(), vec![input])?;
             ctx.register_table(*table, Arc::new(table_provider))?;
             rows.push(slot);
@@ -176,14 +178,25 @@ impl Kernel {
             df.create_physical_plan().await
         })?;
         let output_schema = plan.schema();
-        let direct = first.and_then(|first| Direct::of(&plan, &first));
+        let direct = inputs.first().and_then(|first| Direct::of(&plan, first));
+        let reads = inputs
+            .iter()
+            .map(|input| columns_read(&plan, input))
+            .collect();
         Ok(Kernel {
             task_ctx: ctx.task_ctx(),
             plan,
             rows,
             direct,
+            reads,
             output_schema,
         })
+    }
+
+    /// The columns the plan reads of input table `input` (order of `compile_with`): the others
+    /// may hold anything of their type.
+    pub fn columns_read(&self, input: usize) -> Columns {
+        self.reads.get(input).copied().unwrap_or(Columns::NONE)
     }
 
     /// Whether runs skip the plan machinery (the plan only filters and projects).
@@ -224,6 +237,47 @@ impl Kernel {
             self.task_ctx.clone(),
         )))
     }
+}
+
+/// A set of column indexes of a table (the first 64; a column past them is always in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Columns(u64);
+
+impl Columns {
+    pub const NONE: Columns = Columns(0);
+    pub const ALL: Columns = Columns(u64::MAX);
+
+    pub fn contains(self, column: usize) -> bool {
+        column >= 64 || self.0 & (1 << column) != 0
+    }
+
+    pub fn union(self, other: Columns) -> Columns {
+        Columns(self.0 | other.0)
+    }
+
+    fn of(columns: Option<&[usize]>) -> Columns {
+        columns.map_or(Columns::ALL, |cs| {
+            Columns(
+                cs.iter()
+                    .fold(0, |m, &c| m | 1u64.checked_shl(c as u32).unwrap_or(0)),
+            )
+        })
+    }
+}
+
+/// The columns of `input` that the scans of it in `plan` keep.
+fn columns_read(plan: &Arc<dyn ExecutionPlan>, input: &Arc<dyn PartitionStream>) -> Columns {
+    use datafusion::physical_plan::streaming::StreamingTableExec;
+    let mut read = Columns::NONE;
+    if let Some(scan) = plan.downcast_ref::<StreamingTableExec>()
+        && scan.partitions().iter().any(|p| Arc::ptr_eq(p, input))
+    {
+        read = read.union(Columns::of(scan.projection().as_deref()));
+    }
+    for child in plan.children() {
+        read = read.union(columns_read(child, input));
+    }
+    read
 }
 
 /// Rewrites `timestamp ± INTERVAL` of a fixed length (no months, a whole number of the
@@ -507,5 +561,36 @@ mod tests {
                 assert_eq!(got, want, "{sql} ({tz:?})");
             }
         }
+    }
+
+    /// A plan reports the columns its scans keep, per input table, and every column when a scan
+    /// keeps them all.
+    #[test]
+    fn a_plan_names_the_columns_it_reads() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Int64, false),
+            Field::new("w", DataType::Int64, false),
+        ]));
+        let tables = [("t", schema.clone()), ("other", schema.clone())];
+        let read = |sql: &str| {
+            let k = Kernel::compile_with(&tables, sql).expect("plan");
+            let cols = |input| {
+                (0..3)
+                    .filter(|c| k.columns_read(input).contains(*c))
+                    .collect()
+            };
+            (cols(0), cols(1))
+        };
+        let none: Vec<usize> = Vec::new();
+        assert_eq!(
+            read("SELECT k FROM t WHERE v > 1"),
+            (vec![0, 1], none.clone())
+        );
+        assert_eq!(read("SELECT * FROM t"), (vec![0, 1, 2], none));
+        assert_eq!(
+            read("SELECT t.k, sum(o.w) FROM t JOIN other o ON o.k = t.k GROUP BY t.k"),
+            (vec![0], vec![0, 2])
+        );
     }
 }

@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config::{Pipeline, Problem, RuleSpec};
 use crate::directory::Directory;
-use crate::engine::kernel::Kernel;
+use crate::engine::kernel::{Columns, Kernel};
 use crate::engine::output::{Alert, AlertStatus};
 use crate::event::{Millis, format_time};
 use crate::operators::LazyTimers;
@@ -400,7 +400,15 @@ impl TableRules {
         rows.sort_unstable();
         rows.dedup();
         rows.retain(|ix| table.row(*ix).is_some());
-        let batch = table.batch(&rows, dir)?;
+        // The changed rows as every rule's filter, `due_at` and `fire_when` read them.
+        let need = self.rules.iter().fold(Columns::NONE, |n, r| {
+            let own = match &r.due_kernel {
+                Some(pre) => pre.columns_read(0),
+                None => r.kernel.columns_read(0),
+            };
+            n.union(own)
+        });
+        let batch = table.batch(&rows, need, dir)?;
         let mut inputs = Vec::with_capacity(self.rules.len());
         let mut waiting: Vec<(u32, Millis)> = Vec::new();
         for (r, rule) in self.rules.iter().enumerate() {
@@ -438,12 +446,13 @@ impl TableRules {
                     }
                     ready.sort_unstable();
                     let ixs: Vec<u32> = ready.iter().map(|(ix, _)| *ix).collect();
-                    (table.batch(&ixs, dir)?, Some((ixs, ready)))
+                    let need = rule.kernel.columns_read(0);
+                    (table.batch(&ixs, need, dir)?, Some((ixs, ready)))
                 }
             };
             let context = if rule.uses_context {
                 let of = ready.as_ref().map_or(&rows, |(ixs, _)| ixs);
-                table.batch(&table.closure(of), dir)?
+                table.batch(&table.closure(of), rule.kernel.columns_read(1), dir)?
             } else {
                 RecordBatch::new_empty(ready_batch.schema())
             };

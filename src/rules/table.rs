@@ -11,9 +11,11 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 
+use datafusion::common::ScalarValue;
 use serde_json::{Map, Value, json};
 
 use crate::directory::Directory;
+use crate::engine::kernel::Columns;
 use crate::event::{Millis, format_time};
 use crate::operators::Pair;
 use crate::operators::actions::{ActionLog, ActionRow};
@@ -21,13 +23,16 @@ use crate::operators::assets::{Asset, AssetIx, AssetJoin};
 
 use super::RuleSlot;
 
+type BatchResult = datafusion::error::Result<RecordBatch>;
+
 /// One operator table: its rows by index, Arrow batches of some of them, and the context rows
 /// (the rows' pairs' assets, the rows' reps' actions) that a query rule may join.
 pub trait RuleTable {
     type Row: RuleRow;
     fn row(&self, ix: u32) -> Option<&Self::Row>;
     fn row_mut(&mut self, ix: u32) -> Option<&mut Self::Row>;
-    fn batch(&self, rows: &[u32], dir: &Directory) -> datafusion::error::Result<RecordBatch>;
+    /// The rows as a batch; columns outside `need` hold placeholders (defaults of their type).
+    fn batch(&self, rows: &[u32], need: Columns, dir: &Directory) -> BatchResult;
     /// Every retained row sharing a context key with one of `rows`, ascending.
     fn closure(&self, rows: &[u32]) -> Vec<u32>;
 }
@@ -154,8 +159,8 @@ impl RuleTable for AssetJoin {
     fn row_mut(&mut self, ix: u32) -> Option<&mut Asset> {
         self.asset_mut(ix)
     }
-    fn batch(&self, rows: &[u32], dir: &Directory) -> datafusion::error::Result<RecordBatch> {
-        assets_batch(rows, self, dir)
+    fn batch(&self, rows: &[u32], need: Columns, dir: &Directory) -> BatchResult {
+        assets_batch(rows, need, self, dir)
     }
     fn closure(&self, rows: &[u32]) -> Vec<u32> {
         let mut pairs: Vec<_> = rows
@@ -182,8 +187,8 @@ impl RuleTable for ActionLog {
     fn row_mut(&mut self, ix: u32) -> Option<&mut ActionRow> {
         ActionLog::row_mut(self, ix)
     }
-    fn batch(&self, rows: &[u32], dir: &Directory) -> datafusion::error::Result<RecordBatch> {
-        actions_batch(rows, self, dir)
+    fn batch(&self, rows: &[u32], need: Columns, dir: &Directory) -> BatchResult {
+        actions_batch(rows, need, self, dir)
     }
     fn closure(&self, rows: &[u32]) -> Vec<u32> {
         let mut reps: Vec<_> = rows
@@ -227,8 +232,44 @@ pub fn assets_schema() -> SchemaRef {
     ]))
 }
 
+/// Builds a batch column by column, each only when `need` has it (else its type's default).
+struct ColumnBuilder {
+    schema: SchemaRef,
+    need: Columns,
+    rows: usize,
+    columns: Vec<ArrayRef>,
+}
+
+impl ColumnBuilder {
+    fn new(schema: SchemaRef, need: Columns, rows: usize) -> ColumnBuilder {
+        ColumnBuilder {
+            columns: Vec::with_capacity(schema.fields().len()),
+            schema,
+            need,
+            rows,
+        }
+    }
+
+    fn push(&mut self, build: impl FnOnce() -> ArrayRef) -> datafusion::error::Result<()> {
+        let i = self.columns.len();
+        let column = if self.need.contains(i) {
+            build()
+        } else {
+            ScalarValue::new_default(self.schema.field(i).data_type())?
+                .to_array_of_size(self.rows)?
+        };
+        self.columns.push(column);
+        Ok(())
+    }
+
+    fn finish(self) -> datafusion::error::Result<RecordBatch> {
+        Ok(RecordBatch::try_new(self.schema, self.columns)?)
+    }
+}
+
 pub fn assets_batch(
     rows: &[AssetIx],
+    need: Columns,
     assets: &AssetJoin,
     dir: &Directory,
 ) -> datafusion::error::Result<RecordBatch> {
@@ -236,53 +277,71 @@ pub fn assets_batch(
         .iter()
         .filter_map(|ix| assets.asset(*ix).map(|a| (*ix, a)))
         .collect();
-    let mut times = ListBuilder::new(TimestampMillisecondBuilder::new().with_timezone("UTC"))
-        .with_field(Arc::new(Field::new("item", ts(), true)));
-    for (_, a) in &list {
-        for t in &a.counted {
-            times.values().append_value(*t);
-        }
-        times.append(true);
-    }
+    let mut b = ColumnBuilder::new(assets_schema(), need, list.len());
     let utc = |v: TimestampMillisecondArray| Arc::new(v.with_timezone("UTC")) as ArrayRef;
-    let mut columns = vec![
+    b.push(|| {
         Arc::new(UInt32Array::from_iter_values(
             list.iter().map(|(ix, _)| *ix),
-        )) as ArrayRef,
+        ))
+    })?;
+    b.push(|| {
         Arc::new(StringArray::from_iter_values(
             list.iter().map(|(_, a)| &*a.asset_id),
-        )),
-    ];
-    columns.extend(pair_columns(
+        ))
+    })?;
+    pair_columns(
+        &mut b,
         list.iter().map(|(_, a)| (a.pair, a.action, a.channel)),
         dir,
-    ));
-    columns.extend::<[ArrayRef; 8]>([
+    )?;
+    b.push(|| {
         utc(TimestampMillisecondArray::from_iter_values(
             list.iter().map(|(_, a)| a.sent_at),
-        )),
+        ))
+    })?;
+    b.push(|| {
         Arc::new(Int64Array::from_iter_values(
             list.iter().map(|(_, a)| a.counted.len() as i64),
-        )),
+        ))
+    })?;
+    b.push(|| {
         Arc::new(Int64Array::from_iter_values(
             list.iter().map(|(_, a)| a.excluded.len() as i64),
-        )),
-        Arc::new(times.finish()),
+        ))
+    })?;
+    b.push(|| {
+        let mut times = ListBuilder::new(TimestampMillisecondBuilder::new().with_timezone("UTC"))
+            .with_field(Arc::new(Field::new("item", ts(), true)));
+        for (_, a) in &list {
+            for t in &a.counted {
+                times.values().append_value(*t);
+            }
+            times.append(true);
+        }
+        Arc::new(times.finish())
+    })?;
+    b.push(|| {
         utc(TimestampMillisecondArray::from_iter(
             list.iter().map(|(_, a)| a.counted.last().copied()),
-        )),
+        ))
+    })?;
+    b.push(|| {
         utc(TimestampMillisecondArray::from_iter(
             list.iter()
                 .map(|(_, a)| a.first_contract.as_ref().map(|(t, _)| *t)),
-        )),
+        ))
+    })?;
+    b.push(|| {
         Arc::new(BooleanArray::from_iter(
             list.iter().map(|(_, a)| Some(a.online_at_send)),
-        )),
+        ))
+    })?;
+    b.push(|| {
         Arc::new(Int64Array::from_iter_values(
             list.iter().map(|(_, a)| a.product_visits as i64),
-        )),
-    ]);
-    Ok(RecordBatch::try_new(assets_schema(), columns)?)
+        ))
+    })?;
+    b.finish()
 }
 
 /// Columns of `actions` (README "Rules" lists them with their meaning).
@@ -303,30 +362,40 @@ pub fn actions_schema() -> SchemaRef {
 
 /// `rep_id`, `customer_id`, `region`, `action`, `channel`: the columns both tables share.
 fn pair_columns(
+    b: &mut ColumnBuilder,
     rows: impl Iterator<Item = (Pair, crate::event::Action, Option<crate::event::Channel>)> + Clone,
     dir: &Directory,
-) -> [ArrayRef; 5] {
-    [
+) -> datafusion::error::Result<()> {
+    let r = rows.clone();
+    b.push(|| {
         Arc::new(StringArray::from_iter_values(
-            rows.clone().map(|(p, _, _)| dir.rep_id(p.rep())),
-        )),
+            r.map(|(p, _, _)| dir.rep_id(p.rep())),
+        ))
+    })?;
+    let r = rows.clone();
+    b.push(|| {
         Arc::new(StringArray::from_iter_values(
-            rows.clone().map(|(p, _, _)| dir.customer_id(p.customer())),
-        )),
+            r.map(|(p, _, _)| dir.customer_id(p.customer())),
+        ))
+    })?;
+    let r = rows.clone();
+    b.push(|| {
         Arc::new(StringArray::from_iter_values(
-            rows.clone().map(|(p, _, _)| dir.region_of(p.rep())),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            rows.clone().map(|(_, a, _)| a.as_str()),
-        )),
+            r.map(|(p, _, _)| dir.region_of(p.rep())),
+        ))
+    })?;
+    let r = rows.clone();
+    b.push(|| Arc::new(StringArray::from_iter_values(r.map(|(_, a, _)| a.as_str()))))?;
+    b.push(|| {
         Arc::new(StringArray::from_iter(
             rows.map(|(_, _, c)| c.map(|c| c.as_str())),
-        )),
-    ]
+        ))
+    })
 }
 
 pub fn actions_batch(
     rows: &[u32],
+    need: Columns,
     log: &ActionLog,
     dir: &Directory,
 ) -> datafusion::error::Result<RecordBatch> {
@@ -334,29 +403,37 @@ pub fn actions_batch(
         .iter()
         .filter_map(|ix| log.row(*ix).map(|a| (*ix, a)))
         .collect();
-    let mut columns = vec![
+    let mut b = ColumnBuilder::new(actions_schema(), need, list.len());
+    b.push(|| {
         Arc::new(UInt32Array::from_iter_values(
             list.iter().map(|(ix, _)| *ix),
-        )) as ArrayRef,
+        ))
+    })?;
+    b.push(|| {
         Arc::new(StringArray::from_iter_values(
             list.iter().map(|(_, a)| &*a.event_id),
-        )),
-    ];
-    columns.extend(pair_columns(
+        ))
+    })?;
+    pair_columns(
+        &mut b,
         list.iter().map(|(_, a)| (a.pair, a.action, a.channel)),
         dir,
-    ));
-    columns.extend::<[ArrayRef; 3]>([
+    )?;
+    b.push(|| {
         Arc::new(StringArray::from_iter(
             list.iter().map(|(_, a)| a.city.as_deref()),
-        )),
+        ))
+    })?;
+    b.push(|| {
         Arc::new(StringArray::from_iter(
             list.iter().map(|(_, a)| a.asset_id.as_deref()),
-        )),
+        ))
+    })?;
+    b.push(|| {
         Arc::new(
             TimestampMillisecondArray::from_iter_values(list.iter().map(|(_, a)| a.at))
                 .with_timezone("UTC"),
-        ),
-    ]);
-    Ok(RecordBatch::try_new(actions_schema(), columns)?)
+        )
+    })?;
+    b.finish()
 }
