@@ -374,8 +374,9 @@ impl TableRules {
         // Late data in a group makes its rows' new decisions late too: a context rule that
         // fires now on a row decided before fires because of it (the engine decides what was
         // due before it applies a late event), so `fired_at` is that late watermark.
+        let reads_context = self.rules.iter().any(|r| r.uses_context);
         let mut late_groups: rustc_hash::FxHashMap<u64, Millis> = Default::default();
-        if !late.is_empty() && self.rules.iter().any(|r| r.uses_context) {
+        if !late.is_empty() && reads_context {
             for ix in &late {
                 if let Some(w) = table
                     .row(*ix)
@@ -389,7 +390,7 @@ impl TableRules {
         // Rows late data changed, with their groups' rows when a rule reads the context: the
         // only rows on which a decision already made can change.
         let mut unsettled = late;
-        if !unsettled.is_empty() && self.rules.iter().any(|r| r.uses_context) {
+        if !unsettled.is_empty() && reads_context {
             unsettled = table.closure(&unsettled);
             rows.extend_from_slice(&unsettled);
         }
