@@ -240,7 +240,7 @@ impl Kernel {
 }
 
 /// A set of column indexes of a table (the first 64; a column past them is always in).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Columns(u64);
 
 impl Columns {

@@ -95,6 +95,8 @@ struct CompiledRule {
 struct TableRules {
     rules: Vec<CompiledRule>,
     timers: LazyTimers<u32>,
+    /// The columns of the changed rows that the rules' filters, `due_at` and `fire_when` read.
+    reads: Columns,
 }
 
 /// The pipeline's rules, planned, grouped by table.
@@ -126,6 +128,15 @@ pub fn compile(p: &Pipeline) -> Result<RuleSet, Vec<Problem>> {
             Ok(rule) => set.assets.rules.push(rule),
             Err((key, message)) => problems.push(p.rule_problem(i, key, message)),
         }
+    }
+    for t in [&mut set.assets, &mut set.actions] {
+        t.reads = t.rules.iter().fold(Columns::NONE, |n, r| {
+            let own = match &r.due_kernel {
+                Some(pre) => pre.columns_read(0),
+                None => r.kernel.columns_read(0),
+            };
+            n.union(own)
+        });
     }
     if problems.is_empty() {
         Ok(set)
@@ -401,15 +412,7 @@ impl TableRules {
         rows.sort_unstable();
         rows.dedup();
         rows.retain(|ix| table.row(*ix).is_some());
-        // The changed rows as every rule's filter, `due_at` and `fire_when` read them.
-        let need = self.rules.iter().fold(Columns::NONE, |n, r| {
-            let own = match &r.due_kernel {
-                Some(pre) => pre.columns_read(0),
-                None => r.kernel.columns_read(0),
-            };
-            n.union(own)
-        });
-        let batch = table.batch(&rows, need, dir)?;
+        let batch = table.batch(&rows, self.reads, dir)?;
         let mut inputs = Vec::with_capacity(self.rules.len());
         let mut waiting: Vec<(u32, Millis)> = Vec::new();
         for (r, rule) in self.rules.iter().enumerate() {

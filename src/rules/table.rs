@@ -209,27 +209,30 @@ fn ts() -> DataType {
 
 /// Columns of `assets` (README "Rules" lists them with their meaning).
 pub fn assets_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("__row", DataType::UInt32, false),
-        Field::new("asset_id", DataType::Utf8, false),
-        Field::new("rep_id", DataType::Utf8, false),
-        Field::new("customer_id", DataType::Utf8, false),
-        Field::new("region", DataType::Utf8, false),
-        Field::new("action", DataType::Utf8, false),
-        Field::new("channel", DataType::Utf8, true),
-        Field::new("sent_at", ts(), false),
-        Field::new("counted_opens", DataType::Int64, false),
-        Field::new("excluded_opens", DataType::Int64, false),
-        Field::new(
-            "counted_open_times",
-            DataType::List(Arc::new(Field::new("item", ts(), true))),
-            false,
-        ),
-        Field::new("last_open_at", ts(), true),
-        Field::new("first_contract_at", ts(), true),
-        Field::new("customer_online_at_send", DataType::Boolean, false),
-        Field::new("product_page_visits_30m", DataType::Int64, false),
-    ]))
+    static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("__row", DataType::UInt32, false),
+            Field::new("asset_id", DataType::Utf8, false),
+            Field::new("rep_id", DataType::Utf8, false),
+            Field::new("customer_id", DataType::Utf8, false),
+            Field::new("region", DataType::Utf8, false),
+            Field::new("action", DataType::Utf8, false),
+            Field::new("channel", DataType::Utf8, true),
+            Field::new("sent_at", ts(), false),
+            Field::new("counted_opens", DataType::Int64, false),
+            Field::new("excluded_opens", DataType::Int64, false),
+            Field::new(
+                "counted_open_times",
+                DataType::List(Arc::new(Field::new("item", ts(), true))),
+                false,
+            ),
+            Field::new("last_open_at", ts(), true),
+            Field::new("first_contract_at", ts(), true),
+            Field::new("customer_online_at_send", DataType::Boolean, false),
+            Field::new("product_page_visits_30m", DataType::Int64, false),
+        ]))
+    });
+    SCHEMA.clone()
 }
 
 /// Builds a batch column by column, each only when `need` has it (else its type's default).
@@ -346,18 +349,21 @@ pub fn assets_batch(
 
 /// Columns of `actions` (README "Rules" lists them with their meaning).
 pub fn actions_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("__row", DataType::UInt32, false),
-        Field::new("event_id", DataType::Utf8, false),
-        Field::new("rep_id", DataType::Utf8, false),
-        Field::new("customer_id", DataType::Utf8, false),
-        Field::new("region", DataType::Utf8, false),
-        Field::new("action", DataType::Utf8, false),
-        Field::new("channel", DataType::Utf8, true),
-        Field::new("city", DataType::Utf8, true),
-        Field::new("asset_id", DataType::Utf8, true),
-        Field::new("at", ts(), false),
-    ]))
+    static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("__row", DataType::UInt32, false),
+            Field::new("event_id", DataType::Utf8, false),
+            Field::new("rep_id", DataType::Utf8, false),
+            Field::new("customer_id", DataType::Utf8, false),
+            Field::new("region", DataType::Utf8, false),
+            Field::new("action", DataType::Utf8, false),
+            Field::new("channel", DataType::Utf8, true),
+            Field::new("city", DataType::Utf8, true),
+            Field::new("asset_id", DataType::Utf8, true),
+            Field::new("at", ts(), false),
+        ]))
+    });
+    SCHEMA.clone()
 }
 
 /// `rep_id`, `customer_id`, `region`, `action`, `channel`: the columns both tables share.
