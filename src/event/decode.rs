@@ -183,10 +183,16 @@ macro_rules! raw_event {
             /// The slot of the field spelled `name` on the wire (unescaped), if there is one.
             #[inline]
             fn slot(&mut self, name: &[u8]) -> Option<&mut Option<Val<'a>>> {
-                match name {
-                    $(n if n == $name.as_bytes() => Some(&mut self.$field),)*
-                    _ => None,
-                }
+                let i = field_index(name)?;
+                let mut k = 0;
+                $(
+                    if i == k {
+                        return Some(&mut self.$field);
+                    }
+                    k += 1;
+                )*
+                let _ = k;
+                None
             }
 
             /// Bitmask of the fields present on the wire.
@@ -239,6 +245,41 @@ raw_event! {
     result = "result",
     staff_id = "staff_id",
     title = "title",
+}
+
+/// Slot in `FIELD_TABLE` of a name of `len` bytes that starts with `first` and ends with
+/// `last`: no two field names share one (checked when `FIELD_TABLE` is built).
+const fn field_hash(len: usize, first: u8, last: u8) -> usize {
+    (len + 3 * first as usize + 38 * last as usize) % FIELD_TABLE_SIZE
+}
+
+const FIELD_TABLE_SIZE: usize = 128;
+
+/// `FIELD_NAMES` index by `field_hash` (`u8::MAX`: no field), built at compile time; two names
+/// with one hash fail the build.
+const FIELD_TABLE: [u8; FIELD_TABLE_SIZE] = {
+    let mut table = [u8::MAX; FIELD_TABLE_SIZE];
+    let mut i = 0;
+    while i < FIELD_NAMES.len() {
+        let name = FIELD_NAMES[i].as_bytes();
+        let h = field_hash(name.len(), name[0], name[name.len() - 1]);
+        assert!(
+            table[h] == u8::MAX,
+            "two field names share a hash: change field_hash"
+        );
+        table[h] = i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// The `FIELD_NAMES` index of the field spelled `name`: one table read and one comparison,
+/// where a chain of comparisons would try the names one by one.
+#[inline]
+fn field_index(name: &[u8]) -> Option<usize> {
+    let (&first, &last) = (name.first()?, name.last()?);
+    let i = usize::from(FIELD_TABLE[field_hash(name.len(), first, last)]);
+    (FIELD_NAMES.get(i)?.as_bytes() == name).then_some(i)
 }
 
 const fn same(a: &str, b: &str) -> bool {
@@ -767,34 +808,76 @@ fn serde_rejection(raw: &[u8], e: &serde_json::Error) -> Rejection {
 /// Integer epoch milliseconds are a JSON number, not a string, and are handled by `decode`;
 /// this function rejects digit strings.
 pub fn parse_time(s: &str) -> Option<Millis> {
+    // One pass that checks the grammar (the schemas' time `pattern`, see
+    // `schemas/crm.action.json`, `$defs`) while it reads the numbers; chrono alone is more
+    // lenient (a space for `T`, U+2212 as minus sign). The fixed part is checked as a whole,
+    // without a branch per character.
     let b = s.as_bytes();
-    if !is_rfc3339(b) {
+    let head: &[u8; 19] = b.get(..19)?.try_into().ok()?;
+    let d = head.map(|c| c.wrapping_sub(b'0'));
+    const DIGITS: [usize; 14] = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18];
+    let mut bad = DIGITS.iter().fold(false, |bad, &i| bad | (d[i] > 9));
+    // `T` or `t`: no other byte is `t` once the 0x20 bit is set.
+    bad |= head[4] != b'-'
+        || head[7] != b'-'
+        || head[10] | 0x20 != b't'
+        || head[13] != b':'
+        || head[16] != b':';
+    if bad {
         return None;
     }
-    // The grammar is checked: every position read below holds what it must.
-    let digit = |i: usize| i64::from(b[i] - b'0');
-    let two = |i: usize| digit(i) * 10 + digit(i + 1);
-    let days = days_from_civil(two(0) * 100 + two(2), two(5), two(8));
+    let two = |i: usize| i64::from(d[i]) * 10 + i64::from(d[i + 1]);
+    let (year, month, day) = (two(0) * 100 + two(2), two(5), two(8));
+    let (hour, minute, second) = (two(11), two(14), two(17));
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
     // A leap second (:60) is one second past :59, as chrono reads it.
-    let secs = days * 86_400 + two(11) * 3_600 + two(14) * 60 + two(17);
+    if day < 1 || day > month_days || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let digit = |i: usize| {
+        let c = b.get(i)?.wrapping_sub(b'0');
+        (c < 10).then_some(i64::from(c))
+    };
     let (mut i, mut ms, mut scale) = (19, 0, 100);
-    if b[i] == b'.' {
+    if b.get(i) == Some(&b'.') {
         i += 1;
-        while b[i].is_ascii_digit() {
-            ms += digit(i) * scale;
+        let start = i;
+        while let Some(c) = digit(i) {
+            ms += c * scale;
             scale /= 10;
             i += 1;
         }
+        if i == start {
+            return None;
+        }
     }
-    let offset = match b[i] {
-        b'+' => two(i + 1) * 3_600 + two(i + 4) * 60,
-        b'-' => -(two(i + 1) * 3_600 + two(i + 4) * 60),
-        _ => 0,
+    let offset = match *b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+            let two = |i: usize| Some(digit(i)? * 10 + digit(i + 1)?);
+            let (oh, om) = (two(i + 1)?, two(i + 4)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let o = oh * 3_600 + om * 60;
+            if sign == b'-' { -o } else { o }
+        }
+        _ => return None,
     };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3_600 + minute * 60 + second;
     Some((secs - offset) * 1_000 + ms)
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (the inverse of `civil_from_days`).
+#[inline]
 fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
@@ -803,64 +886,6 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
-}
-
-/// The same grammar as the schemas' time `pattern` (see `schemas/crm.action.json`, `$defs`).
-/// chrono alone is more lenient (a space for `T`, U+2212 as minus sign).
-fn is_rfc3339(b: &[u8]) -> bool {
-    fn two(b: &[u8], i: usize) -> Option<u32> {
-        match (b.get(i), b.get(i + 1)) {
-            (Some(x @ b'0'..=b'9'), Some(y @ b'0'..=b'9')) => {
-                Some(u32::from(x - b'0') * 10 + u32::from(y - b'0'))
-            }
-            _ => None,
-        }
-    }
-    fn check(b: &[u8]) -> Option<()> {
-        let year = two(b, 0)? * 100 + two(b, 2)?;
-        let month = two(b, 5)?;
-        let day = two(b, 8)?;
-        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-        let days = match month {
-            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-            4 | 6 | 9 | 11 => 30,
-            2 if leap => 29,
-            2 => 28,
-            _ => return None,
-        };
-        let separators = b.get(4) == Some(&b'-')
-            && b.get(7) == Some(&b'-')
-            && matches!(b.get(10), Some(b'T' | b't'))
-            && b.get(13) == Some(&b':')
-            && b.get(16) == Some(&b':');
-        if !separators || day < 1 || day > days {
-            return None;
-        }
-        if two(b, 11)? > 23 || two(b, 14)? > 59 || two(b, 17)? > 60 {
-            return None;
-        }
-        let mut i = 19;
-        if b.get(i) == Some(&b'.') {
-            i += 1;
-            let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
-            if digits == 0 {
-                return None;
-            }
-            i += digits;
-        }
-        match b.get(i)? {
-            b'Z' | b'z' => (i + 1 == b.len()).then_some(()),
-            b'+' | b'-' => {
-                let ok = two(b, i + 1)? <= 23
-                    && b.get(i + 3) == Some(&b':')
-                    && two(b, i + 4)? <= 59
-                    && i + 6 == b.len();
-                ok.then_some(())
-            }
-            _ => None,
-        }
-    }
-    check(b).is_some()
 }
 
 /// Formats epoch milliseconds as RFC 3339 UTC with exactly three fraction digits and `Z`, e.g.
@@ -1016,6 +1041,27 @@ fn decimal(d: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_index_finds_every_field_and_nothing_else() {
+        for (i, name) in FIELD_NAMES.iter().enumerate() {
+            assert_eq!(field_index(name.as_bytes()), Some(i), "{name}");
+        }
+        // Same length, first and last byte as a field (same hash), and near misses.
+        for other in [
+            "rap_id",
+            "evento_id",
+            "event_i",
+            "event_idd",
+            "Kind",
+            "",
+            "t",
+            "url ",
+            "é",
+        ] {
+            assert_eq!(field_index(other.as_bytes()), None, "{other}");
+        }
+    }
 
     fn ok(line: &str) -> Event {
         match decode(line.as_bytes()) {
