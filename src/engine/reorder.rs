@@ -2,12 +2,13 @@
 //! need, (effective time, kind rank, event_id).
 //!
 //! Events wait in a slab. Most arrive in time order or nearly so: their times go to a sorted
-//! run, where a push is an append or an insertion among the last few and a pop takes the front.
-//! An event that would go further back goes to a radix heap (`operators::RadixHeap`): it is
-//! queued at or after the watermark and leaves behind it, so times only move forward from the
-//! last one taken, which is what a radix heap needs. (The radix heap alone moved each event
-//! once per bit of the lateness it spans, about a tenth of the engine's time per event.) The
-//! events of one time leave together, sorted by kind and event_id (ties are rare).
+//! run, where a push is an append or an insertion among the last few dozen (found by binary
+//! search) and a pop takes the front. An event that would go further back goes to a radix heap
+//! (`operators::RadixHeap`): it is queued at or after the watermark and leaves behind it, so
+//! times only move forward from the last one taken, which is what a radix heap needs. (The
+//! radix heap alone moved each event once per bit of the lateness it spans, about a tenth of the
+//! engine's time per event.) The events of one time leave together, sorted by kind and event_id
+//! (ties are rare).
 
 use std::cmp::Ordering;
 use std::collections::VecDeque;
@@ -17,7 +18,7 @@ use crate::operators::{RadixHeap, Resolved};
 
 /// How far back from the end of the run an arriving event is placed; one that belongs further
 /// back goes to the radix heap (each insertion moves at most this many entries).
-const RUN_REACH: usize = 16;
+const RUN_REACH: usize = 64;
 
 /// The order events leave in.
 fn order(a: &Resolved, b: &Resolved) -> Ordering {
@@ -90,17 +91,16 @@ impl ReorderBuffer {
 
     /// Places a waiting event in the run when it belongs near its end, else in the heap.
     fn queue_up(&mut self, t: Millis, slot: u32) {
-        let n = self.run.len();
         if self.run.back().is_none_or(|(last, _)| *last <= t) {
             self.run.push_back((t, slot));
             return;
         }
-        let reach = n.saturating_sub(RUN_REACH);
         // After the last entry at or before `t`: equal times keep their arrival order.
-        match (reach..n).rev().find(|&i| self.run[i].0 <= t) {
-            Some(i) => self.run.insert(i + 1, (t, slot)),
-            None if reach == 0 => self.run.push_front((t, slot)),
-            None => self.queue.push(t, slot),
+        let at = self.run.partition_point(|(x, _)| *x <= t);
+        if self.run.len() - at <= RUN_REACH {
+            self.run.insert(at, (t, slot));
+        } else {
+            self.queue.push(t, slot);
         }
     }
 
