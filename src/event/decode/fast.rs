@@ -158,7 +158,76 @@ fn value<'a>(text: &'a str, b: &[u8], i: usize) -> Option<(Val<'a>, usize)> {
         b't' if b[i..].starts_with(b"true") => Some((Val::Bool(true), i + 4)),
         b'f' if b[i..].starts_with(b"false") => Some((Val::Bool(false), i + 5)),
         b'n' if b[i..].starts_with(b"null") => Some((Val::Null, i + 4)),
-        // Negative numbers, arrays and objects (`attrs`): serde_json's to read.
+        // `attrs` (or a misplaced object or array): checked and skipped, not kept.
+        b'{' => Some((Val::Object, skip(b, i, 0)?)),
+        b'[' => Some((Val::Array, skip(b, i, 0)?)),
+        // Negative numbers: serde_json's to read.
+        _ => None,
+    }
+}
+
+/// Nesting deeper than this is serde_json's to read (its own limit is 128).
+const MAX_DEPTH: usize = 32;
+
+/// The index just after the JSON value starting at `i`, checked and skipped, inside `attrs`.
+/// Declines what serde_json might read differently or reject for other reasons than syntax:
+/// escapes, numbers other than plain integers of at most 19 digits, deep nesting.
+fn skip(b: &[u8], i: usize, depth: usize) -> Option<usize> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    match *b.get(i)? {
+        b'"' => string(b, i).map(|(_, end)| end + 1),
+        b'{' => {
+            let mut j = ws(b, i + 1);
+            if b.get(j) == Some(&b'}') {
+                return Some(j + 1);
+            }
+            loop {
+                let (_, end) = string(b, j)?;
+                j = ws(b, end + 1);
+                if b.get(j) != Some(&b':') {
+                    return None;
+                }
+                j = ws(b, skip(b, ws(b, j + 1), depth + 1)?);
+                match *b.get(j)? {
+                    b',' => j = ws(b, j + 1),
+                    b'}' => return Some(j + 1),
+                    _ => return None,
+                }
+            }
+        }
+        b'[' => {
+            let mut j = ws(b, i + 1);
+            if b.get(j) == Some(&b']') {
+                return Some(j + 1);
+            }
+            loop {
+                j = ws(b, skip(b, j, depth + 1)?);
+                match *b.get(j)? {
+                    b',' => j = ws(b, j + 1),
+                    b']' => return Some(j + 1),
+                    _ => return None,
+                }
+            }
+        }
+        b't' if b[i..].starts_with(b"true") => Some(i + 4),
+        b'f' if b[i..].starts_with(b"false") => Some(i + 5),
+        b'n' if b[i..].starts_with(b"null") => Some(i + 4),
+        b'-' | b'0'..=b'9' => {
+            let digits_from = i + usize::from(b[i] == b'-');
+            let digits = b
+                .get(digits_from..)?
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count();
+            let end = digits_from + digits;
+            let leading_zero = b.get(digits_from) == Some(&b'0') && digits > 1;
+            let plain = (1..=19).contains(&digits)
+                && !leading_zero
+                && !matches!(b.get(end), Some(b'.' | b'e' | b'E'));
+            plain.then_some(end)
+        }
         _ => None,
     }
 }
@@ -190,6 +259,12 @@ mod tests {
             "{\"event_id\":\"e3\",\n\"kind\":\"wecom.presence\",\r\n\t\"ts\":0,\"external_userid\":\"张三\",\"status\":\"online\"}\n",
             r#"{"event_id":"e4","kind":"web.hit","ts":1,"url":"https://x.cn/p?a=1","referrer":null}"#,
             r#"{"event_id":"e5","kind":"crm.action","ts":1,"city":true,"amount":false}"#,
+            r#"{"event_id":"e6","attrs":{"sdk":"touch-android/3.2.1","app":"crm-mobile"}}"#,
+            r#"{"attrs":{ "a" : [1, -2, 0, true, false, null, "x", {}, [], {"b":{"c":[[]]}}] } }"#,
+            r#"{"attrs":{},"event_id":"e7"}"#,
+            r#"{"attrs":[]}"#,
+            r#"{"attrs":{"dup":1,"dup":2}}"#,
+            r#"{"attrs":{"n":1234567890123456789}}"#,
             r#"{}"#,
             r#"{"event_id":""}"#,
         ] {
@@ -210,9 +285,26 @@ mod tests {
             r#"{"ts":1e3}"#,
             r#"{"ts":01}"#,
             r#"{"ts":18446744073709551616}"#,
-            // nested values
-            r#"{"attrs":{"x":1}}"#,
-            r#"{"attrs":[1]}"#,
+            // nested values serde_json reads differently or may refuse for their value
+            r#"{"attrs":{"x":1.5}}"#,
+            r#"{"attrs":{"x":1e3}}"#,
+            r#"{"attrs":{"x":1e400}}"#,
+            r#"{"attrs":{"x":-0.0}}"#,
+            r#"{"attrs":{"x":12345678901234567890}}"#,
+            r#"{"attrs":{"x":"a\"b"}}"#,
+            r#"{"attrs":{"x\u0031":1}}"#,
+            // broken nested syntax
+            r#"{"attrs":{"x":01}}"#,
+            r#"{"attrs":{"x":-}}"#,
+            r#"{"attrs":{"x":}}"#,
+            r#"{"attrs":{"x":1,}}"#,
+            r#"{"attrs":{"x" 1}}"#,
+            r#"{"attrs":{x:1}}"#,
+            r#"{"attrs":[1,]}"#,
+            r#"{"attrs":[1 2]}"#,
+            r#"{"attrs":{"x":[1}}"#,
+            r#"{"attrs":{"x":tru}}"#,
+            r#"{"attrs":{"x":1}"#,
             // unknown and repeated fields
             r#"{"colour":"red"}"#,
             r#"{"event_id":"a","event_id":"b"}"#,
@@ -231,6 +323,17 @@ mod tests {
         }
         // Invalid UTF-8 anywhere.
         assert!(scan(b"{\"event_id\":\"\xff\"}").is_none());
+        // Nesting: `attrs` is level 0, a value in n arrays is at level n + 1; read up to
+        // MAX_DEPTH levels, serde_json's beyond.
+        let nested = |levels: usize| {
+            format!(
+                r#"{{"attrs":{{"x":{}1{}}}}}"#,
+                "[".repeat(levels),
+                "]".repeat(levels)
+            )
+        };
+        assert!(agrees(&nested(MAX_DEPTH - 1)));
+        assert!(scan(nested(MAX_DEPTH).as_bytes()).is_none());
     }
 
     /// Strings long enough for the eight-byte steps, with the stop byte at every offset.
@@ -280,6 +383,15 @@ mod tests {
             .map(|i| String::from_utf8_lossy(i.raw).into_owned())
             .collect();
         let taken = generated.iter().filter(|l| agrees(l)).count();
+        // Lines with `attrs` (flat objects of strings, as the SDKs send) take it too.
+        let with_attrs: Vec<&String> = generated
+            .iter()
+            .filter(|l| l.contains(r#""attrs":{"#) && serde(l).is_some())
+            .collect();
+        assert!(!with_attrs.is_empty());
+        for line in with_attrs {
+            assert!(agrees(line), "the scan declined {line}");
+        }
         let fixtures_taken = lines.iter().filter(|l| agrees(l)).count();
         assert!(fixtures_taken > 0, "no fixture took the scan");
         // The point of the scan: the lines publishers send take it.
