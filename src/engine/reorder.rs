@@ -5,10 +5,10 @@
 //! run, where a push is an append or an insertion among the last few dozen (found by binary
 //! search) and a pop takes the front. An event that would go further back goes to a radix heap
 //! (`operators::RadixHeap`): it is queued at or after the watermark and leaves behind it, so
-//! times only move forward from the last one taken, which is what a radix heap needs. (The
-//! radix heap alone moved each event once per bit of the lateness it spans, about a tenth of the
-//! engine's time per event.) The events of one time leave together, sorted by kind and event_id
-//! (ties are rare).
+//! times only move forward from the last one taken, which is what a radix heap needs. (With
+//! the radix heap alone, each event moved once per bit of the lateness it spans: the reorder
+//! buffer was 7–8 % of the engine's time per event.) The events of one time leave together,
+//! sorted by kind and event_id (ties are rare).
 
 use std::cmp::Ordering;
 use std::collections::VecDeque;

@@ -1,8 +1,8 @@
-//! The fast scan: fills `Raw` from the line every well-behaved publisher sends (one flat object,
-//! known keys once each, strings without escapes, non-negative integers) in one pass with no
-//! allocation. It declines everything else with `None`, and serde_json then decides, so the
-//! accepted events and every error message are serde's; the tests hold the two to the same
-//! `Raw` on every line both take.
+//! The fast scan: fills `Raw` from the line every well-behaved publisher sends (one object,
+//! known keys once each, strings without escapes, non-negative integers, `attrs` checked and
+//! skipped) in one pass with no allocation. It declines everything else with `None`, and
+//! serde_json then decides, so the accepted events and every error message are serde's; the
+//! tests hold the two to the same `Raw` on every line both take.
 
 use std::borrow::Cow;
 
@@ -85,9 +85,9 @@ fn string(b: &[u8], i: usize) -> Option<(usize, usize)> {
         }
         j += 16;
     }
-    // Then eight bytes at a time: flag bytes that are `"`, `\` or below 0x20. Each bit trick flags
-    // its lowest hit exactly (a borrow only runs upwards from a hit), so the lowest flag of the
-    // three is a real one; flags above it are never read.
+    // Then eight bytes at a time: flag bytes that are `"`, `\` or below 0x20. Each bit trick
+    // flags its lowest hit exactly (a borrow only runs upwards from a hit), so the lowest flag
+    // of the three is a real one; flags above it are never read.
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
