@@ -207,6 +207,11 @@ fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
 }
 
+/// A column of `ts()` values.
+fn utc(v: TimestampMillisecondArray) -> ArrayRef {
+    Arc::new(v.with_timezone("UTC"))
+}
+
 /// Columns of `assets` (README "Rules" lists them with their meaning).
 pub fn assets_schema() -> SchemaRef {
     static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(|| {
@@ -281,7 +286,6 @@ pub fn assets_batch(
         .filter_map(|ix| assets.asset(*ix).map(|a| (*ix, a)))
         .collect();
     let mut b = ColumnBuilder::new(assets_schema(), need, list.len());
-    let utc = |v: TimestampMillisecondArray| Arc::new(v.with_timezone("UTC")) as ArrayRef;
     b.push(|| {
         Arc::new(UInt32Array::from_iter_values(
             list.iter().map(|(ix, _)| *ix),
@@ -436,10 +440,9 @@ pub fn actions_batch(
         ))
     })?;
     b.push(|| {
-        Arc::new(
-            TimestampMillisecondArray::from_iter_values(list.iter().map(|(_, a)| a.at))
-                .with_timezone("UTC"),
-        )
+        utc(TimestampMillisecondArray::from_iter_values(
+            list.iter().map(|(_, a)| a.at),
+        ))
     })?;
     b.finish()
 }

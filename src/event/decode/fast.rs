@@ -22,38 +22,47 @@ pub(super) fn scan_into<'a>(raw: &'a [u8], r: &mut Raw<'a>) -> Option<()> {
     // times faster than `str::from_utf8` on ASCII lines).
     let text = simdutf8::basic::from_utf8(raw).ok()?;
     let b = raw;
-    let mut i = ws(b, 0);
+    let i = ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;
     }
-    i = ws(b, i + 1);
-    if b.get(i) == Some(&b'}') {
-        i += 1;
-    } else {
-        loop {
-            let (start, end) = string(b, i)?;
-            i = ws(b, end + 1);
-            if b.get(i) != Some(&b':') {
-                return None;
-            }
-            let slot = r.slot(&b[start..end])?;
-            if slot.is_some() {
-                return None;
-            }
-            let (v, next) = value(text, b, ws(b, i + 1))?;
-            *slot = Some(v);
-            i = ws(b, next);
-            match b.get(i) {
-                Some(b',') => i = ws(b, i + 1),
-                Some(b'}') => {
-                    i += 1;
-                    break;
-                }
-                _ => return None,
-            }
+    let end = object(b, i, |key, at| {
+        let slot = r.slot(&b[key.0..key.1])?;
+        if slot.is_some() {
+            return None;
+        }
+        let (v, next) = value(text, b, at)?;
+        *slot = Some(v);
+        Some(next)
+    })?;
+    (ws(b, end) == b.len()).then_some(())
+}
+
+/// The index just after the object opening at `b[i] == '{'`: `member` gets each key's
+/// `(start, end)` and where its value starts, and returns the index just after the value.
+#[inline]
+fn object(
+    b: &[u8],
+    i: usize,
+    mut member: impl FnMut((usize, usize), usize) -> Option<usize>,
+) -> Option<usize> {
+    let mut j = ws(b, i + 1);
+    if b.get(j) == Some(&b'}') {
+        return Some(j + 1);
+    }
+    loop {
+        let key = string(b, j)?;
+        j = ws(b, key.1 + 1);
+        if b.get(j) != Some(&b':') {
+            return None;
+        }
+        j = ws(b, member(key, ws(b, j + 1))?);
+        match *b.get(j)? {
+            b',' => j = ws(b, j + 1),
+            b'}' => return Some(j + 1),
+            _ => return None,
         }
     }
-    (ws(b, i) == b.len()).then_some(())
 }
 
 /// The first index at or after `i` that is not JSON whitespace.
@@ -178,25 +187,7 @@ fn skip(b: &[u8], i: usize, depth: usize) -> Option<usize> {
     }
     match *b.get(i)? {
         b'"' => string(b, i).map(|(_, end)| end + 1),
-        b'{' => {
-            let mut j = ws(b, i + 1);
-            if b.get(j) == Some(&b'}') {
-                return Some(j + 1);
-            }
-            loop {
-                let (_, end) = string(b, j)?;
-                j = ws(b, end + 1);
-                if b.get(j) != Some(&b':') {
-                    return None;
-                }
-                j = ws(b, skip(b, ws(b, j + 1), depth + 1)?);
-                match *b.get(j)? {
-                    b',' => j = ws(b, j + 1),
-                    b'}' => return Some(j + 1),
-                    _ => return None,
-                }
-            }
-        }
+        b'{' => object(b, i, |_, at| skip(b, at, depth + 1)),
         b'[' => {
             let mut j = ws(b, i + 1);
             if b.get(j) == Some(&b']') {
