@@ -11,15 +11,18 @@ use crate::event::Millis;
 use super::pairmap::PairMap;
 use super::{LazyTimers, Pair, TIMER_AHEAD, Touch, channel_bit, channel_names};
 
+/// An open session. Counts are `u32` (saturating; a session would need four billion touches)
+/// so that a pair's entry with its key is one 64-byte slot of the table (it was 88 bytes),
+/// which every touch probes.
 #[derive(Debug, Clone)]
 struct Open {
     start: Millis,
     end: Millis,
-    count: u64,
+    count: u32,
+    opens: u32,
+    messages_in: u32,
+    messages_out: u32,
     channels: u8,
-    opens: u64,
-    messages_in: u64,
-    messages_out: u64,
 }
 
 impl Open {
@@ -38,26 +41,47 @@ impl Open {
     fn add(&mut self, touch: &Touch) {
         self.start = self.start.min(touch.t);
         self.end = self.end.max(touch.t);
-        self.count += 1;
+        self.count = self.count.saturating_add(1);
         if let Some(c) = touch.channel {
             self.channels |= channel_bit(c);
         }
-        self.opens += touch.counted_open as u64;
+        self.opens = self.opens.saturating_add(touch.counted_open as u32);
         match touch.inbound {
-            Some(true) => self.messages_in += 1,
-            Some(false) => self.messages_out += 1,
+            Some(true) => self.messages_in = self.messages_in.saturating_add(1),
+            Some(false) => self.messages_out = self.messages_out.saturating_add(1),
             None => {}
         }
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PairSessions {
     open: Option<Open>,
-    /// End of the last emitted session: a late touch at or before `last_end + gap` belongs to
-    /// an emitted session and cannot change it.
-    last_end: Option<Millis>,
+    /// End of the last emitted session (`NO_END`: none): a late touch at or before
+    /// `last_end + gap` belongs to an emitted session and cannot change it.
+    last_end: Millis,
 }
+
+/// `PairSessions::last_end` before the pair's first session is emitted (an `Option` would
+/// take the slot past 64 bytes).
+const NO_END: Millis = Millis::MIN;
+
+impl Default for PairSessions {
+    fn default() -> Self {
+        PairSessions {
+            open: None,
+            last_end: NO_END,
+        }
+    }
+}
+
+impl PairSessions {
+    fn last_end(&self) -> Option<Millis> {
+        (self.last_end != NO_END).then_some(self.last_end)
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<Option<(Pair, PairSessions)>>() == 64);
 
 #[derive(Debug)]
 pub struct Sessions {
@@ -92,7 +116,7 @@ impl Sessions {
         // The last session's end matters until the watermark passes `end + 2 × gap`.
         let live = |e: Millis| e + 2 * gap >= fired_w;
         let p = self.pairs.entry_or_default_keeping(touch.pair, |s| {
-            s.open.is_some() || s.last_end.is_some_and(live)
+            s.open.is_some() || s.last_end().is_some_and(live)
         });
         if let Some(open) = &mut p.open {
             if touch.t >= open.start - gap && touch.t <= open.end + gap {
@@ -109,7 +133,7 @@ impl Sessions {
                 return false;
             }
         }
-        if p.last_end.is_some_and(|e| touch.t <= e + gap && live(e)) {
+        if p.last_end().is_some_and(|e| touch.t <= e + gap && live(e)) {
             self.late_dropped += 1;
             return false;
         }
@@ -164,7 +188,7 @@ fn close(
     out: &mut Vec<Session>,
 ) {
     if let Some(done) = p.open.take() {
-        p.last_end = Some(done.end);
+        p.last_end = done.end;
         *open -= 1;
         out.push(record(pair, &done, dir));
     }
@@ -176,11 +200,11 @@ fn record(pair: Pair, s: &Open, dir: &Directory) -> Session {
         customer_id: dir.customer_id(pair.customer()).to_string(),
         start: s.start,
         end: s.end,
-        event_count: s.count,
+        event_count: u64::from(s.count),
         channels: channel_names(s.channels),
-        opens: s.opens,
-        messages_in: s.messages_in,
-        messages_out: s.messages_out,
+        opens: u64::from(s.opens),
+        messages_in: u64::from(s.messages_in),
+        messages_out: u64::from(s.messages_out),
     }
 }
 
