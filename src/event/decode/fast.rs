@@ -46,20 +46,35 @@ fn object(
     i: usize,
     mut member: impl FnMut((usize, usize), usize) -> Option<usize>,
 ) -> Option<usize> {
+    elements(b, i, b'}', |j| {
+        let key = string(b, j)?;
+        let colon = ws(b, key.1 + 1);
+        if b.get(colon) != Some(&b':') {
+            return None;
+        }
+        member(key, ws(b, colon + 1))
+    })
+}
+
+/// The index just after the object or array opening at `b[i]` and closed by `close`: `element`
+/// gets where each element starts and returns the index just after it; elements are separated
+/// by commas, with none after the last.
+#[inline]
+fn elements(
+    b: &[u8],
+    i: usize,
+    close: u8,
+    mut element: impl FnMut(usize) -> Option<usize>,
+) -> Option<usize> {
     let mut j = ws(b, i + 1);
-    if b.get(j) == Some(&b'}') {
+    if b.get(j) == Some(&close) {
         return Some(j + 1);
     }
     loop {
-        let key = string(b, j)?;
-        j = ws(b, key.1 + 1);
-        if b.get(j) != Some(&b':') {
-            return None;
-        }
-        j = ws(b, member(key, ws(b, j + 1))?);
+        j = ws(b, element(j)?);
         match *b.get(j)? {
             b',' => j = ws(b, j + 1),
-            b'}' => return Some(j + 1),
+            c if c == close => return Some(j + 1),
             _ => return None,
         }
     }
@@ -188,20 +203,7 @@ fn skip(b: &[u8], i: usize, depth: usize) -> Option<usize> {
     match *b.get(i)? {
         b'"' => string(b, i).map(|(_, end)| end + 1),
         b'{' => object(b, i, |_, at| skip(b, at, depth + 1)),
-        b'[' => {
-            let mut j = ws(b, i + 1);
-            if b.get(j) == Some(&b']') {
-                return Some(j + 1);
-            }
-            loop {
-                j = ws(b, skip(b, j, depth + 1)?);
-                match *b.get(j)? {
-                    b',' => j = ws(b, j + 1),
-                    b']' => return Some(j + 1),
-                    _ => return None,
-                }
-            }
-        }
+        b'[' => elements(b, i, b']', |at| skip(b, at, depth + 1)),
         b't' if b[i..].starts_with(b"true") => Some(i + 4),
         b'f' if b[i..].starts_with(b"false") => Some(i + 5),
         b'n' if b[i..].starts_with(b"null") => Some(i + 4),
