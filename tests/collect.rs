@@ -1131,3 +1131,79 @@ async fn while_nats_is_away_hits_are_buffered_and_batches_refused() -> anyhow::R
     b.stop().await?;
     Ok(())
 }
+
+/// Reads from `stream` until the server closes it (or `limit` passes: an error); returns what
+/// came before the close.
+async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> anyhow::Result<Vec<u8>> {
+    let mut got = Vec::new();
+    tokio::time::timeout(limit, stream.read_to_end(&mut got))
+        .await
+        .map_err(|_| anyhow!("the connection was still open after {limit:?}"))?
+        .or_else(|e| {
+            // A reset is a close too.
+            (e.kind() == std::io::ErrorKind::ConnectionReset)
+                .then_some(0)
+                .ok_or(e)
+        })?;
+    Ok(got)
+}
+
+/// `got` is a whole `GET /healthz` response: 200 and `ok`.
+fn assert_healthz_ok(got: &[u8]) {
+    let text = String::from_utf8_lossy(got);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("ok\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_do_not_send_a_request_head_in_time_are_disconnected() -> anyhow::Result<()> {
+    let (nats, _js) = start_nats().await?;
+    let mut cfg = config();
+    cfg.request_timeout_ms = 1000;
+    let c = Collector::start(&nats.url(), cfg, server::allow_all()).await?;
+    // Far more than the request timeout, far less than the test's patience.
+    let limit = Duration::from_secs(15);
+
+    // A head that stops half-way (a slow-loris client): closed, with no response, or an
+    // error status and never a 200.
+    let mut slow = tokio::net::TcpStream::connect(c.addr).await?;
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: t.example.net\r\nUser-Ag")
+        .await?;
+    let got = read_until_closed(&mut slow, limit).await?;
+    if !got.is_empty() {
+        let head = String::from_utf8_lossy(&got);
+        assert!(!head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+
+    // A connection that sends nothing at all: closed too.
+    let mut silent = tokio::net::TcpStream::connect(c.addr).await?;
+    assert_eq!(read_until_closed(&mut silent, limit).await?, b"");
+
+    // A keep-alive connection that answered a request and then stays idle: closed too.
+    let mut idle = tokio::net::TcpStream::connect(c.addr).await?;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: t.example.net\r\n\r\n")
+        .await?;
+    let got = read_until_closed(&mut idle, limit).await?;
+    assert_healthz_ok(&got);
+
+    // A head sent in pieces well within the timeout is answered.
+    let mut pieces = tokio::net::TcpStream::connect(c.addr).await?;
+    pieces
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t.")
+        .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    pieces
+        .write_all(b"example.net\r\nConnection: close\r\n\r\n")
+        .await?;
+    let got = read_until_closed(&mut pieces, limit).await?;
+    assert_healthz_ok(&got);
+    // And the server still takes new requests.
+    assert_eq!(c.get("/healthz").await?.status, 200);
+    c.stop().await?;
+    Ok(())
+}

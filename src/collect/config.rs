@@ -62,7 +62,9 @@ pub struct CollectConfig {
     /// Most events in one SDK batch; more gets 413.
     #[serde(default = "default_max_batch_events")]
     pub max_batch_events: usize,
-    /// Longest a request may take (reading the body and publishing), else 408/503.
+    /// Longest a request may take (reading the body and publishing), else 408/503; also how
+    /// long a connection may take to send a request head (an idle keep-alive connection
+    /// included) before it is closed.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// Pixel and link hits held while NATS is unreachable; beyond this they are counted as

@@ -149,6 +149,7 @@ pub async fn bind(
         dead,
     ));
     let app = router(inner);
+    let head_timeout = Duration::from_millis(cfg.request_timeout_ms);
 
     let run = async move {
         let (closing_tx, closing_rx) = watch::channel(false);
@@ -161,12 +162,7 @@ pub async fn bind(
                 (name, depth, task)
             })
             .collect();
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        super::conn::serve(listener, app, head_timeout, shutdown).await;
         let _ = closing_tx.send(true);
         let deadline = tokio::time::Instant::now() + DRAIN_GRACE;
         for (name, depth, mut task) in drains {
@@ -181,7 +177,7 @@ pub async fn bind(
                 Drain::count_abandoned(name, left);
             }
         }
-        served.context("collector HTTP server")
+        Ok(())
     };
     Ok((local, run))
 }

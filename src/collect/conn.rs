@@ -1,0 +1,96 @@
+//! The collector's connection loop: accepts TCP connections and serves each with hyper's
+//! HTTP/1, where a request head that does not arrive within the request timeout (an idle
+//! keep-alive connection included) closes the connection, so that slow or silent clients
+//! cannot hold connections open. (`axum::serve` sets no timer, so hyper's header timeout is
+//! not in force there.) On shutdown it stops accepting and lets open requests finish.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower_service::Service as _;
+
+/// The router for one connection: each request carries the peer's address (`ConnectInfo`).
+#[derive(Clone)]
+struct WithPeer {
+    app: Router,
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for WithPeer {
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = <Router as tower_service::Service<axum::extract::Request>>::Future;
+
+    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        let mut req = req.map(axum::body::Body::new);
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        self.app.clone().call(req)
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then waits for the open connections'
+/// requests to finish. `head_timeout`: how long a connection may take to send a request head.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    head_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    // Connections watch `closing`; each holds a `done` receiver, so that `done_tx.closed()`
+    // resolves when the last one has ended.
+    let (closing_tx, closing_rx) = watch::channel(false);
+    let (done_tx, done_rx) = watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "collector: accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = WithPeer {
+            app: app.clone(),
+            peer,
+        };
+        let mut closing = closing_rx.clone();
+        let done = done_rx.clone();
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(
+                hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(head_timeout)
+                    .serve_connection(TokioIo::new(stream), service)
+            );
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(%peer, error = %e, "collector connection ended");
+                        }
+                        break;
+                    }
+                    Ok(()) = closing.changed() => conn.as_mut().graceful_shutdown(),
+                }
+            }
+            drop(done);
+        });
+    }
+    drop(listener);
+    let _ = closing_tx.send(true);
+    drop(done_rx);
+    done_tx.closed().await;
+}
