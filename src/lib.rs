@@ -51,6 +51,7 @@ pub mod operators;
 pub mod probe;
 pub mod replay;
 pub mod rules;
+pub mod serve;
 pub mod sinks;
 pub mod source;
 pub mod telemetry;

@@ -6,11 +6,9 @@
 //! `config`: the `[collect]` section. `token`: minting and verifying asset tokens (keyed MAC,
 //! key rotation). `batch`: SDK batch bodies (JSON array or NDJSON) split into events, bounded.
 //! `server`: the axum routes, publishing, the pixel buffer while NATS is away, metrics.
-//! `conn`: the connection loop (hyper HTTP/1 with a request-head timeout).
 
 pub mod batch;
 pub mod config;
-mod conn;
 pub mod server;
 pub mod token;
 

@@ -162,7 +162,7 @@ pub async fn bind(
                 (name, depth, task)
             })
             .collect();
-        super::conn::serve(listener, app, head_timeout, shutdown).await;
+        crate::serve::serve(listener, app, head_timeout, shutdown).await;
         let _ = closing_tx.send(true);
         let deadline = tokio::time::Instant::now() + DRAIN_GRACE;
         for (name, depth, mut task) in drains {

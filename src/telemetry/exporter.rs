@@ -24,6 +24,10 @@ use super::{
 
 /// How often histogram and idle-metric upkeep runs (the recorder does not do it by itself).
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a scraper's connection may take to send a request head, idle keep-alive included
+/// (hyper's own default): longer than the usual scrape interval of 15 s, so that Prometheus
+/// keeps its connection between scrapes.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Installs the process-wide recorder once and returns its handle; later calls (a demo that
 /// runs `run` in-process, tests that start several runs) get the same handle.
@@ -112,12 +116,7 @@ async fn serve_on(
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(handle);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!("metrics endpoint stopped: {e}");
-    }
+    crate::serve::serve(listener, app, HEAD_TIMEOUT, shutdown).await;
     upkeep.abort();
 }
 

@@ -1,6 +1,6 @@
-//! The collector's connection loop: accepts TCP connections and serves each with hyper's
-//! HTTP/1, where a request head that does not arrive within the request timeout (an idle
-//! keep-alive connection included) closes the connection, so that slow or silent clients
+//! The HTTP connection loop of the collector and the metrics endpoint: accepts TCP connections
+//! and serves each with hyper's HTTP/1, where a request head that does not arrive in time (an
+//! idle keep-alive connection included) closes the connection, so that slow or silent clients
 //! cannot hold connections open. (`axum::serve` sets no timer, so hyper's header timeout is
 //! not in force there.) On shutdown it stops accepting and lets open requests finish.
 
