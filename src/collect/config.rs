@@ -121,12 +121,7 @@ impl CollectConfig {
         let mut ids = std::collections::HashSet::new();
         for (i, k) in self.keys.iter().enumerate() {
             let path = format!("collect.keys[{i}]");
-            let id_ok = !k.id.is_empty()
-                && k.id.len() <= 16
-                && k.id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            if !id_ok {
+            if !super::token::valid_key_id(&k.id) {
                 p.push((
                     format!("{path}.id"),
                     format!("`{}` must match [A-Za-z0-9_-]{{1,16}}", k.id),

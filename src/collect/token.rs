@@ -130,6 +130,15 @@ impl std::fmt::Debug for Keys {
     }
 }
 
+/// A key id as tokens carry it: 1 to 16 of `[A-Za-z0-9_-]`.
+pub fn valid_key_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 16
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 impl Keys {
     /// Loads the keys of `[collect] keys` (reading `secret_env` variables now). Fails on no
     /// keys, a bad or repeated id, or a secret shorter than 32 bytes.
@@ -139,13 +148,7 @@ impl Keys {
         }
         let mut keys: Vec<(String, hmac::Key)> = Vec::with_capacity(specs.len());
         for spec in specs {
-            let id_ok = !spec.id.is_empty()
-                && spec.id.len() <= 16
-                && spec
-                    .id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            if !id_ok {
+            if !valid_key_id(&spec.id) {
                 return Err(format!(
                     "key id `{}` must match [A-Za-z0-9_-]{{1,16}}",
                     spec.id
@@ -331,6 +334,29 @@ mod tests {
             rep_id: "r0117".into(),
             medium: "quote".into(),
             campaign: Some("spring_tender".into()),
+        }
+    }
+
+    /// Key ids are 1 to 16 of `[A-Za-z0-9_-]` (README, `[collect] keys`), for the keys and for
+    /// the pipeline file's check alike.
+    #[test]
+    fn key_ids_follow_the_documented_rule() {
+        for good in ["k1", "K_2-b", "0123456789abcdef"] {
+            assert!(valid_key_id(good), "{good}");
+            assert!(Keys::new(&[spec(good, SECRET_1)]).is_ok(), "{good}");
+        }
+        for bad in ["", "0123456789abcdefg", "k.1", "k 1", "ключ", "k1\n"] {
+            assert!(!valid_key_id(bad), "{bad:?}");
+            let e = Keys::new(&[spec(bad, SECRET_1)]).err().unwrap_or_default();
+            assert!(e.contains("must match [A-Za-z0-9_-]{1,16}"), "{bad:?}: {e}");
+            let cfg = crate::collect::CollectConfig {
+                keys: vec![spec(bad, SECRET_1)],
+                ..Default::default()
+            };
+            assert!(
+                cfg.check().iter().any(|(at, _)| at == "collect.keys[0].id"),
+                "{bad:?}"
+            );
         }
     }
 
