@@ -49,13 +49,18 @@ pub async fn serve(
     let (closing_tx, closing_rx) = watch::channel(false);
     let (done_tx, done_rx) = watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
+    // One builder (and one timer) for every connection.
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(head_timeout);
+    let local = listener.local_addr().ok();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     // Out of file descriptors and the like: wait, do not spin.
-                    tracing::warn!(error = %e, "collector: accepting a connection failed");
+                    tracing::warn!(?local, error = %e, "accepting an HTTP connection failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -66,20 +71,16 @@ pub async fn serve(
             app: app.clone(),
             peer,
         };
+        let conn = http.serve_connection(TokioIo::new(stream), service);
         let mut closing = closing_rx.clone();
         let done = done_rx.clone();
         tokio::spawn(async move {
-            let mut conn = std::pin::pin!(
-                hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(head_timeout)
-                    .serve_connection(TokioIo::new(stream), service)
-            );
+            let mut conn = std::pin::pin!(conn);
             loop {
                 tokio::select! {
                     result = conn.as_mut() => {
                         if let Err(e) = result {
-                            tracing::debug!(%peer, error = %e, "collector connection ended");
+                            tracing::debug!(?local, %peer, error = %e, "HTTP connection ended");
                         }
                         break;
                     }
