@@ -70,21 +70,29 @@ impl Alert {
     }
 }
 
+/// A session record. Ids up to 24 bytes are kept inline, as the directory keeps them, and the
+/// channels as a set of bits: making one costs no allocation (a session closes every third or
+/// fourth event; the strings are written only where the record is serialized).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
-    pub rep_id: String,
-    pub customer_id: String,
+    pub rep_id: compact_str::CompactString,
+    pub customer_id: compact_str::CompactString,
     pub start: Millis,
     pub end: Millis,
     pub event_count: u64,
-    /// Channel names, distinct, sorted.
-    pub channels: Vec<&'static str>,
+    /// The channels of its touches, as `operators::channel_bit`s; names by `channels()`.
+    pub channel_set: u8,
     pub opens: u64,
     pub messages_in: u64,
     pub messages_out: u64,
 }
 
 impl Session {
+    /// Channel names, distinct, sorted.
+    pub fn channels(&self) -> Vec<&'static str> {
+        crate::operators::channel_names(self.channel_set)
+    }
+
     pub fn session_id(&self) -> String {
         format!("{}:{}:{}", self.rep_id, self.customer_id, self.start)
     }
@@ -97,7 +105,7 @@ impl Session {
         m.insert("start".into(), json!(format_time(self.start)));
         m.insert("end".into(), json!(format_time(self.end)));
         m.insert("event_count".into(), json!(self.event_count));
-        m.insert("channels".into(), json!(self.channels));
+        m.insert("channels".into(), json!(self.channels()));
         m.insert("opens".into(), json!(self.opens));
         m.insert("messages_in".into(), json!(self.messages_in));
         m.insert("messages_out".into(), json!(self.messages_out));

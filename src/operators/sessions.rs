@@ -9,7 +9,7 @@ use crate::engine::output::Session;
 use crate::event::Millis;
 
 use super::pairmap::PairMap;
-use super::{LazyTimers, Pair, TIMER_AHEAD, Touch, channel_bit, channel_names};
+use super::{LazyTimers, Pair, TIMER_AHEAD, Touch, channel_bit};
 
 /// An open session. Counts are `u32` (saturating; a session would need four billion touches)
 /// so that a pair's entry with its key is one 64-byte slot of the table (it was 88 bytes),
@@ -196,12 +196,12 @@ fn close(
 
 fn record(pair: Pair, s: &Open, dir: &Directory) -> Session {
     Session {
-        rep_id: dir.rep_id(pair.rep()).to_string(),
-        customer_id: dir.customer_id(pair.customer()).to_string(),
+        rep_id: dir.rep_id(pair.rep()).into(),
+        customer_id: dir.customer_id(pair.customer()).into(),
         start: s.start,
         end: s.end,
         event_count: u64::from(s.count),
-        channels: channel_names(s.channels),
+        channel_set: s.channels,
         opens: u64::from(s.opens),
         messages_in: u64::from(s.messages_in),
         messages_out: u64::from(s.messages_out),
