@@ -1,10 +1,13 @@
 //! Engine throughput in replay, JSON decoding included, at 10 k, 100 k and 1 M active pairs
 //! (issue 2): does the cost of an event grow with state? Each size generates a seeded workload
-//! with `touchstream::gen`, warms the engine with all but the last events (setup, untimed), then
-//! times the last events through `Engine::process` in 4096-line micro-batches on one thread.
+//! with `touchstream::gen` and warms an engine with all but the last events (setup, untimed).
+//! Then the last events of every size go through `Engine::process` in 4096-line micro-batches
+//! on one thread, the sizes taking turns slice by slice, so that the ratio of their costs is
+//! measured over the same stretch of time on a machine whose speed drifts.
 //!
 //! Run: `cargo bench --bench engine` (sizes: `TOUCHSTREAM_BENCH_PAIRS=10000,100000`; days
-//! generated: `TOUCHSTREAM_BENCH_DAYS=7`; another pipeline file: `TOUCHSTREAM_BENCH_PIPELINE=FILE`).
+//! generated: `TOUCHSTREAM_BENCH_DAYS=7`; slices: `TOUCHSTREAM_BENCH_SLICES=8`, 1 times the
+//! sizes one after the other; another pipeline file: `TOUCHSTREAM_BENCH_PIPELINE=FILE`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,16 +20,32 @@ use touchstream::r#gen::{GenArgs, generate_packed};
 const BATCH: usize = 4096;
 /// Events timed per size (the rest of the workload only builds state).
 const MEASURED: usize = 1_000_000;
+/// The processing time passed to the engine: far in the future, so no event is refused.
+const NOW: i64 = i64::MAX / 4;
 
-struct Result {
+/// One size, ready to be timed: its workload and an engine warmed with all but the timed events.
+struct Prepared {
     pairs: usize,
-    lines: usize,
-    measured: usize,
-    ns_per_event: f64,
+    lines: Vec<touchstream::engine::Input<'static>>,
+    engine: Engine,
+    /// Where the timed events start in `lines`.
+    split: usize,
+    decode_ns: f64,
+    timed: Timed,
+}
+
+/// What the timed events cost, summed over the slices.
+#[derive(Default)]
+struct Timed {
+    events: usize,
+    wall_ns: u128,
     /// On-CPU time of the timed loop's thread (Linux): unlike the wall clock, it leaves out the
     /// time spent waiting for a core on a shared machine.
-    cpu_ns_per_event: Option<f64>,
-    decode_ns: f64,
+    cpu_ns: Option<u64>,
+    /// The first micro-batch of each slice, which finds the caches filled by the other sizes.
+    first_events: usize,
+    first_cpu_ns: u64,
+    outputs: usize,
 }
 
 /// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`, Linux).
@@ -39,7 +58,7 @@ fn thread_cpu_ns() -> Option<u64> {
         .ok()
 }
 
-fn run(pairs: usize, pipeline: &Arc<Pipeline>) -> anyhow::Result<Result> {
+fn prepare(pairs: usize, pipeline: &Arc<Pipeline>) -> anyhow::Result<Prepared> {
     let customers_per_rep = 50;
     let args = GenArgs {
         seed: 7,
@@ -63,54 +82,64 @@ fn run(pairs: usize, pipeline: &Arc<Pipeline>) -> anyhow::Result<Result> {
         max_events: 0,
         noise: 0.01,
     };
-    let packed = generate_packed(&args)?;
-    let inputs = packed.inputs();
+    // Leaked: the engines of every size live until the end, each timed in turn.
+    let packed = Box::leak(Box::new(generate_packed(&args)?));
+    let lines = packed.inputs();
     let dir = packed.directory.clone();
     let mut engine = Engine::new(pipeline.clone(), dir, ClockMode::Replay)?;
-    let now = i64::MAX / 4;
-    let measured = MEASURED.min(inputs.len() / 2);
-    let split = inputs.len() - measured;
-    for chunk in inputs[..split].chunks(BATCH) {
-        std::hint::black_box(engine.process(chunk, now));
+    let measured = MEASURED.min(lines.len() / 2);
+    let split = lines.len() - measured;
+    for chunk in lines[..split].chunks(BATCH) {
+        std::hint::black_box(engine.process(chunk, NOW));
     }
     // Decoding alone, for the share of the engine's cost that does not depend on state.
     let t0 = Instant::now();
     let mut decoded = 0usize;
-    for input in &inputs[split..] {
+    for input in &lines[split..] {
         decoded += touchstream::event::decode(input.raw).is_ok() as usize;
     }
     let decode_ns = t0.elapsed().as_nanos() as f64 / measured as f64;
     std::hint::black_box(decoded);
+    Ok(Prepared {
+        pairs,
+        lines,
+        engine,
+        split,
+        decode_ns,
+        timed: Timed {
+            cpu_ns: thread_cpu_ns().map(|_| 0),
+            ..Timed::default()
+        },
+    })
+}
+
+/// Times slice `k` of `slices` of a size's timed events.
+fn time_slice(p: &mut Prepared, k: usize, slices: usize) {
+    let batches: Vec<_> = p.lines[p.split..].chunks(BATCH).collect();
+    let (from, to) = (k * batches.len() / slices, (k + 1) * batches.len() / slices);
     perf_control("enable");
     let cpu0 = thread_cpu_ns();
     let t0 = Instant::now();
-    let mut outputs = 0usize;
-    for chunk in inputs[split..].chunks(BATCH) {
-        let out = engine.process(chunk, now);
-        outputs += out.alerts.len() + out.sessions.len() + out.dead_letters.len();
+    let mut cpu_first = None;
+    for (i, chunk) in batches[from..to].iter().enumerate() {
+        let out = p.engine.process(chunk, NOW);
+        p.timed.outputs += out.alerts.len() + out.sessions.len() + out.dead_letters.len();
+        p.timed.events += chunk.len();
+        if i == 0 {
+            cpu_first = thread_cpu_ns();
+            p.timed.first_events += chunk.len();
+        }
     }
-    let elapsed = t0.elapsed();
-    let cpu = thread_cpu_ns().zip(cpu0).map(|(b, a)| b.saturating_sub(a));
+    let wall = t0.elapsed();
+    let cpu1 = thread_cpu_ns();
     perf_control("disable");
-    let state: Vec<String> = engine
-        .state_sizes()
-        .iter()
-        .map(|(name, n)| format!("{name}={n}"))
-        .collect();
-    println!(
-        "  state at the end: {}; outputs per timed event {:.3}",
-        state.join(" "),
-        outputs as f64 / measured as f64
-    );
-    std::hint::black_box(outputs);
-    Ok(Result {
-        pairs,
-        lines: inputs.len(),
-        measured,
-        ns_per_event: elapsed.as_nanos() as f64 / measured as f64,
-        cpu_ns_per_event: cpu.map(|c| c as f64 / measured as f64),
-        decode_ns,
-    })
+    p.timed.wall_ns += wall.as_nanos();
+    if let (Some(sum), Some(a), Some(b)) = (&mut p.timed.cpu_ns, cpu0, cpu1) {
+        *sum += b.saturating_sub(a);
+    }
+    if let (Some(a), Some(f)) = (cpu0, cpu_first) {
+        p.timed.first_cpu_ns += f.saturating_sub(a);
+    }
 }
 
 /// Profiles only the timed part: `mkfifo /tmp/ctl; perf record -D -1 --control fifo:/tmp/ctl ...`
@@ -145,34 +174,87 @@ fn main() -> anyhow::Result<()> {
         pipeline.rules.len()
     );
     println!("engine/replay  (JSON decoding included, one thread, {BATCH}-line micro-batches)");
-    let mut results = Vec::new();
-    for pairs in sizes {
-        let r = run(pairs, &pipeline)?;
-        println!(
-            "engine/replay/pairs={:<9} workload {:>9} lines, timed {:>8}: {:>7.0} ns/event  {:>10.0} events/s  (decoding alone {:>5.0} ns; on-CPU {} ns/event)",
-            r.pairs,
-            r.lines,
-            r.measured,
-            r.ns_per_event,
-            1e9 / r.ns_per_event,
-            r.decode_ns,
-            r.cpu_ns_per_event
-                .map_or_else(|| "?".to_owned(), |c| format!("{c:.0}"))
-        );
-        results.push(r);
+    // The sizes are timed in turns, slice by slice, so that each size's figure is taken over the
+    // same stretch of time: on a shared machine the speed of memory drifts by tens of percent
+    // within minutes, which timed one after the other lands on one size and not the other.
+    let slices: usize = std::env::var("TOUCHSTREAM_BENCH_SLICES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(8);
+    let mut sizes: Vec<Prepared> = sizes
+        .into_iter()
+        .map(|pairs| prepare(pairs, &pipeline))
+        .collect::<anyhow::Result<_>>()?;
+    for k in 0..slices {
+        // Forwards and backwards in turn: which size follows which is the same for all.
+        let order: Vec<usize> = if k % 2 == 0 {
+            (0..sizes.len()).collect()
+        } else {
+            (0..sizes.len()).rev().collect()
+        };
+        for i in order {
+            time_slice(&mut sizes[i], k, slices);
+        }
     }
-    if let (Some(first), Some(last)) = (results.first(), results.last())
-        && results.len() > 1
+    println!(
+        "  timed in {slices} slices per size, the sizes in turns (TOUCHSTREAM_BENCH_SLICES=1: one after the other)"
+    );
+    for p in &sizes {
+        let t = &p.timed;
+        let state: Vec<String> = p
+            .engine
+            .state_sizes()
+            .iter()
+            .map(|(name, n)| format!("{name}={n}"))
+            .collect();
+        println!(
+            "  state at the end: {}; outputs per timed event {:.3}",
+            state.join(" "),
+            t.outputs as f64 / t.events as f64
+        );
+        let ns = t.wall_ns as f64 / t.events as f64;
+        let cpu = t.cpu_ns.map(|c| c as f64 / t.events as f64);
+        let rest = t.cpu_ns.map(|c| {
+            (c - t.first_cpu_ns.min(c)) as f64 / (t.events - t.first_events).max(1) as f64
+        });
+        println!(
+            "engine/replay/pairs={:<9} workload {:>9} lines, timed {:>8}: {:>7.0} ns/event  {:>10.0} events/s  (decoding alone {:>5.0} ns; on-CPU {} ns/event; first batch of a slice {} ns/event, the rest {})",
+            p.pairs,
+            p.lines.len(),
+            t.events,
+            ns,
+            1e9 / ns,
+            p.decode_ns,
+            cpu.map_or_else(|| "?".to_owned(), |c| format!("{c:.0}")),
+            per(t.first_cpu_ns, t.first_events),
+            rest.map_or_else(|| "?".to_owned(), |c| format!("{c:.0}")),
+        );
+    }
+    if let (Some(first), Some(last)) = (sizes.first(), sizes.last())
+        && sizes.len() > 1
     {
+        let (a, b) = (&first.timed, &last.timed);
         println!(
             "per-event cost at {} pairs / at {} pairs = {:.2}",
             last.pairs,
             first.pairs,
-            last.ns_per_event / first.ns_per_event
+            (b.wall_ns as f64 / b.events as f64) / (a.wall_ns as f64 / a.events as f64)
         );
-        if let (Some(a), Some(b)) = (first.cpu_ns_per_event, last.cpu_ns_per_event) {
-            println!("  on-CPU: {:.2}", b / a);
+        if let (Some(x), Some(y)) = (a.cpu_ns, b.cpu_ns) {
+            println!(
+                "  on-CPU: {:.2}",
+                (y as f64 / b.events as f64) / (x as f64 / a.events as f64)
+            );
         }
     }
     Ok(())
+}
+
+fn per(ns: u64, events: usize) -> String {
+    if events == 0 {
+        "?".to_owned()
+    } else {
+        format!("{:.0}", ns as f64 / events as f64)
+    }
 }
