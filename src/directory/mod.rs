@@ -93,6 +93,12 @@ pub type RepIx = u32;
 /// Index of a customer in `Directory::customers`.
 pub type CustomerIx = u32;
 
+#[derive(Debug)]
+struct RepKeys {
+    rep_id: compact_str::CompactString,
+    region: compact_str::CompactString,
+}
+
 #[derive(Debug, Default)]
 pub struct Directory {
     pub reps: Vec<Rep>,
@@ -101,6 +107,9 @@ pub struct Directory {
     /// `customers[i].customer_id`, inline where short: outputs name customers by index, and a
     /// million customers' rows are cold.
     customer_ids: Vec<compact_str::CompactString>,
+    /// `reps[i]`'s id and region, the same way, in one 48-byte entry: with 20 000 reps a `Rep`
+    /// row (120 bytes, the strings behind pointers) cost two or three cache misses per output.
+    rep_ids: Vec<RepKeys>,
     rep_by_id: StrIndex,
     rep_by_wecom: StrIndex,
     rep_by_dingtalk: StrIndex,
@@ -195,6 +204,14 @@ impl Directory {
                 d.rep_by_dingtalk.insert(&r.dingtalk_staff_id, i);
             }
         }
+        d.rep_ids = d
+            .reps
+            .iter()
+            .map(|r| RepKeys {
+                rep_id: r.rep_id.as_str().into(),
+                region: r.region.as_str().into(),
+            })
+            .collect();
         d.customer_ids = d
             .customers
             .iter()
@@ -266,10 +283,16 @@ impl Directory {
         }
     }
     pub fn rep_id(&self, r: RepIx) -> &str {
-        &self.reps[r as usize].rep_id
+        &self.rep_ids[r as usize].rep_id
+    }
+    /// Asks the CPU to load rep `r`'s id and region, which an output a few events ahead will name.
+    pub fn prefetch_rep_id(&self, r: RepIx) {
+        if let Some(keys) = self.rep_ids.get(r as usize) {
+            crate::prefetch_all(keys);
+        }
     }
     pub fn region_of(&self, r: RepIx) -> &str {
-        &self.reps[r as usize].region
+        &self.rep_ids[r as usize].region
     }
     /// A rep's name by `rep_id`.
     pub fn rep_name(&self, rep_id: &str) -> Option<&str> {

@@ -152,6 +152,7 @@ impl Sessions {
         while let Some((_, pair)) = self.timers.pop_due(w) {
             for next in self.timers.upcoming(TIMER_AHEAD) {
                 self.pairs.prefetch(next);
+                dir.prefetch_rep_id(next.rep());
                 dir.prefetch_customer_id(next.customer());
             }
             let Some(p) = self.pairs.get_mut(&pair) else {
