@@ -214,10 +214,7 @@ fn main() -> anyhow::Result<()> {
             t.outputs as f64 / t.events as f64
         );
         let ns = t.wall_ns as f64 / t.events as f64;
-        let cpu = t.cpu_ns.map(|c| c as f64 / t.events as f64);
-        let rest = t.cpu_ns.map(|c| {
-            (c - t.first_cpu_ns.min(c)) as f64 / (t.events - t.first_events).max(1) as f64
-        });
+        let rest = t.cpu_ns.map(|c| c.saturating_sub(t.first_cpu_ns));
         println!(
             "engine/replay/pairs={:<9} workload {:>9} lines, timed {:>8}: {:>7.0} ns/event  {:>10.0} events/s  (decoding alone {:>5.0} ns; on-CPU {} ns/event; first batch of a slice {} ns/event, the rest {})",
             p.pairs,
@@ -226,9 +223,9 @@ fn main() -> anyhow::Result<()> {
             ns,
             1e9 / ns,
             p.decode_ns,
-            cpu.map_or_else(|| "?".to_owned(), |c| format!("{c:.0}")),
-            per(t.first_cpu_ns, t.first_events),
-            rest.map_or_else(|| "?".to_owned(), |c| format!("{c:.0}")),
+            per_event(t.cpu_ns, t.events),
+            per_event(Some(t.first_cpu_ns), t.first_events),
+            per_event(rest, t.events - t.first_events),
         );
     }
     if let (Some(first), Some(last)) = (sizes.first(), sizes.last())
@@ -251,10 +248,10 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn per(ns: u64, events: usize) -> String {
-    if events == 0 {
-        "?".to_owned()
-    } else {
-        format!("{:.0}", ns as f64 / events as f64)
+/// Nanoseconds per event, or `?` when the time is unknown (no schedstat) or no event ran.
+fn per_event(ns: Option<u64>, events: usize) -> String {
+    match ns {
+        Some(ns) if events > 0 => format!("{:.0}", ns as f64 / events as f64),
+        _ => "?".to_owned(),
     }
 }
