@@ -13,8 +13,8 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tower_service::Service as _;
 
 /// The router for one connection: each request carries the peer's address (`ConnectInfo`).
@@ -44,10 +44,9 @@ pub async fn serve(
     head_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    // Connections watch `closing`; each holds a `done` receiver, so that `done_tx.closed()`
-    // resolves when the last one has ended.
-    let (closing_tx, closing_rx) = watch::channel(false);
-    let (done_tx, done_rx) = watch::channel(());
+    // Every connection is watched: on shutdown each finishes its request in flight and closes,
+    // and `graceful.shutdown()` resolves when the last one has.
+    let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     // One builder (and one timer) for every connection.
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -71,27 +70,13 @@ pub async fn serve(
             app: app.clone(),
             peer,
         };
-        let conn = http.serve_connection(TokioIo::new(stream), service);
-        let mut closing = closing_rx.clone();
-        let done = done_rx.clone();
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            loop {
-                tokio::select! {
-                    result = conn.as_mut() => {
-                        if let Err(e) = result {
-                            tracing::debug!(?local, %peer, error = %e, "HTTP connection ended");
-                        }
-                        break;
-                    }
-                    Ok(()) = closing.changed() => conn.as_mut().graceful_shutdown(),
-                }
+            if let Err(e) = conn.await {
+                tracing::debug!(?local, %peer, error = %e, "HTTP connection ended");
             }
-            drop(done);
         });
     }
     drop(listener);
-    let _ = closing_tx.send(true);
-    drop(done_rx);
-    done_tx.closed().await;
+    graceful.shutdown().await;
 }

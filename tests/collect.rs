@@ -1207,3 +1207,35 @@ async fn clients_that_do_not_send_a_request_head_in_time_are_disconnected() -> a
     c.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_closes_idle_keep_alive_connections_and_refuses_new_ones() -> anyhow::Result<()> {
+    let (nats, _js) = start_nats().await?;
+    let mut cfg = config();
+    // Far longer than `Collector::stop` waits: the head timer must not be what ends them.
+    cfg.request_timeout_ms = 120_000;
+    let c = Collector::start(&nats.url(), cfg, server::allow_all()).await?;
+    let addr = c.addr;
+
+    // Two keep-alive connections: one answered and idle, one that has sent nothing yet.
+    let mut idle = tokio::net::TcpStream::connect(addr).await?;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: t.example.net\r\n\r\n")
+        .await?;
+    let mut head = [0u8; 12];
+    idle.read_exact(&mut head).await?;
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let mut silent = tokio::net::TcpStream::connect(addr).await?;
+    // Let the server accept the silent one before stopping.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    c.stop().await?;
+    // Both are closed by the server (not left to the 120 s head timer).
+    read_until_closed(&mut idle, Duration::from_secs(5)).await?;
+    assert_eq!(
+        read_until_closed(&mut silent, Duration::from_secs(5)).await?,
+        b""
+    );
+    // And nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    Ok(())
+}
