@@ -251,8 +251,16 @@ pub async fn watch(
     use async_nats::jetstream::kv::Operation;
     use futures::StreamExt as _;
     let mut updates = kv.watch_all_from_revision(1).await?;
-    while let Some(entry) = updates.next().await {
-        let entry = entry?;
+    loop {
+        // Nobody listens any more (the pipeline stopped, its connection is closing): done,
+        // rather than an error from the watcher when the connection goes.
+        let entry = tokio::select! {
+            () = tx.closed() => break,
+            entry = updates.next() => match entry {
+                Some(entry) => entry?,
+                None => break,
+            },
+        };
         let update = match entry.operation {
             Operation::Put => match parse_value(&entry.value) {
                 Ok(m) => Some(m),

@@ -155,9 +155,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn main() -> ExitCode {
     touchstream::tune_allocator();
+    // async-nats logs every connection event at info; touchstream logs the ones an operator
+    // needs (`nats: connected`, `nats: disconnected`) itself. `RUST_LOG` overrides both.
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,async_nats=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

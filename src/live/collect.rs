@@ -52,9 +52,7 @@ pub async fn collect(
     let (addr, server) = start(&js, &pipeline, directory, stop.wait()).await?;
     tracing::info!("collector on http://{addr}");
     let result = server.await;
-    if let Err(e) = client.drain().await {
-        tracing::debug!("closing the NATS connection: {e}");
-    }
+    super::close(&client).await;
     result
 }
 

@@ -165,6 +165,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let (result, (), (firing, resolved)) = tokio::join!(running, publishing, printing);
     println!("{firing} alert(s) fired, {resolved} resolved");
     drop(alerts);
+    super::close(&client).await;
     drop(server);
     result
 }

@@ -121,6 +121,28 @@ pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
         .with_context(|| format!("connecting to {url}"))
 }
 
+/// Closes a connection at the end of a command: flushes what is queued (acks included), drains
+/// the subscriptions, and waits (at most `CLOSE_WAIT`) until the connection has closed, so that
+/// a server stopped right after (the demo's private one) finds no client to warn about.
+/// `drain` only asks for this; a flush fails once the connection has gone.
+pub async fn close(client: &async_nats::Client) {
+    if let Err(e) = client.drain().await {
+        tracing::debug!("closing the NATS connection: {e}");
+        return;
+    }
+    let closed = async {
+        while client.flush().await.is_ok() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    if tokio::time::timeout(CLOSE_WAIT, closed).await.is_err() {
+        tracing::debug!("the NATS connection was still draining after {CLOSE_WAIT:?}");
+    }
+}
+
+/// How long `close` waits for a drained connection to close.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM: the `shutdown` future `main` hands to `run`.
 pub async fn shutdown_signal() {
     #[cfg(unix)]

@@ -83,9 +83,7 @@ pub async fn notify(
     let client = connect(&args.nats).await?;
     let js = jetstream::new(client.clone());
     let result = run_notifier(js, pipeline, directory, notifier, stop).await;
-    if let Err(e) = client.drain().await {
-        tracing::debug!("closing the NATS connection: {e}");
-    }
+    super::close(&client).await;
     result
 }
 

@@ -134,10 +134,7 @@ pub(super) async fn run_with(
             Ok(Ok(())) => {}
         }
     }
-    // Flush and close the connection (acks included) before returning.
-    if let Err(e) = client.drain().await {
-        tracing::debug!("closing the NATS connection: {e}");
-    }
+    super::close(&client).await;
     result
 }
 
