@@ -105,10 +105,7 @@ pub fn replay(args: &ReplayArgs, wall_now: Millis) -> anyhow::Result<Totals> {
     let batch_lines = args.batch_lines.max(1);
     let mut batch: Vec<Input<'_>> = Vec::with_capacity(batch_lines);
     for line in lines(&data) {
-        batch.push(Input {
-            raw: line,
-            received_at: None,
-        });
+        batch.push(Input::line(line));
         if batch.len() == batch_lines {
             w.write(&engine.process(&batch, now))?;
             batch.clear();

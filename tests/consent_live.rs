@@ -310,17 +310,25 @@ async fn wait_input(
     Ok(held)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consent_switches_drop_count_and_forget_live() -> anyhow::Result<()> {
-    let started = Instant::now();
+/// A run on a private nats-server, started after r1's value in the consent bucket was set to
+/// `r1_off`; with the buckets it publishes to.
+struct Started {
+    server: NatsServer,
+    js: Context,
+    consent: kv::Store,
+    cdi: kv::Store,
+    metrics: SocketAddr,
+    running: InProcessRun,
+    /// The pipeline file and directory the run reads (kept until the test ends).
+    _fx: Fixture,
+}
+
+async fn start(r1_off: &str) -> anyhow::Result<Started> {
     let server = NatsServer::start().await?;
     let url = server.url();
     let (_client, js) = connect(&url).await?;
-
-    // Before the run: r1 switched chat off in the live bucket.
     let consent = touchstream::live::open_kv(&js, CONSENT_BUCKET, Duration::ZERO).await?;
-    consent.put("r1", r#"{"off":["chat"]}"#.into()).await?;
-
+    consent.put("r1", r1_off.to_string().into()).await?;
     let fx = fixture()?;
     let metrics = free_addr()?;
     let running = InProcessRun::spawn(fx.run_args(&url, metrics));
@@ -329,6 +337,30 @@ async fn consent_switches_drop_count_and_forget_live() -> anyhow::Result<()> {
         js.get_key_value(CDI_BUCKET).await.ok()
     })
     .await?;
+    Ok(Started {
+        server,
+        js,
+        consent,
+        cdi,
+        metrics,
+        running,
+        _fx: fx,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_switches_drop_count_and_forget_live() -> anyhow::Result<()> {
+    let started = Instant::now();
+    // Before the run: r1 switched chat off in the live bucket.
+    let Started {
+        server,
+        js,
+        consent,
+        cdi,
+        metrics,
+        running,
+        _fx,
+    } = start(r#"{"off":["chat"]}"#).await?;
     let base = now_ms() - 3 * 60 * MINUTE_MS;
 
     // Phase 1: a WeCom message out from r1 to c1 (chat, off for r1) and one from r2 to c2; a
@@ -521,5 +553,79 @@ async fn consent_switches_drop_count_and_forget_live() -> anyhow::Result<()> {
     running.stop(WAIT).await?;
     drop(server);
     eprintln!("consent_live took {:?}", started.elapsed());
+    Ok(())
+}
+
+/// Hits are checked against the rep of their asset when they join it (README "Consent"): with
+/// `tracking` off for r1, an open that arrives before its quote's send (held in one batch,
+/// joined and refused in a later one), an open after the send and an attributed web hit are all
+/// dropped, counted, and deleted from `TOUCH_IN`; the send itself (category `sales`) is kept and
+/// makes a session of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_on_the_assets_of_a_rep_without_tracking_are_forgotten() -> anyhow::Result<()> {
+    let Started {
+        server,
+        js,
+        consent: _,
+        cdi,
+        metrics,
+        running,
+        _fx,
+    } = start(r#"{"off":["tracking"]}"#).await?;
+    let base = now_ms() - 3 * 60 * MINUTE_MS;
+
+    // First batch: the open alone. Its asset is unknown, so it waits for the send.
+    let early = "t-open-before-send";
+    assert_eq!(
+        publish(&js, &[open(early, "q-t", base - MINUTE_MS)]).await?,
+        1
+    );
+    if let Err(e) = wait_all_acked(&js, WAIT).await {
+        bail!("{e:#}\nseen:\n{}", seen(&js, &cdi, metrics).await);
+    }
+    // Then the send, an open and a web hit after it, and a tick that moves the watermark
+    // (tick − 5 min) past the session's end + 30 min gap.
+    let send = "t-send";
+    let later = "t-open";
+    let web = "t-web";
+    let web_hit = format!(
+        r#"{{"event_id":"{web}","kind":"web.hit","ts":"{}","url":"https://shop.example.com/products/x?utm_content=q-t"}}"#,
+        rfc3339(base + 11 * MINUTE_MS)
+    );
+    let rest = vec![
+        quote_sent(send, "r1", "c1", "q-t", base),
+        open(later, "q-t", base + 10 * MINUTE_MS),
+        web_hit,
+        tick("t-tick", base + 60 * MINUTE_MS),
+    ];
+    assert_eq!(publish(&js, &rest).await?, 4);
+
+    // The send's session, with the send alone: one event, no open.
+    let session = ExpectedSession {
+        rep_id: "r1",
+        customer_id: "c1",
+        start: base,
+        channels: &["email"],
+        messages_out: 0,
+    };
+    let sessions = wait_session(&js, &cdi, metrics, &session.id()).await?;
+    session.check(&sessions);
+    assert_eq!(sessions.len(), 1, "{sessions:#?}");
+    let s = &sessions[0].json;
+    assert_eq!(s["event_count"], 1, "{s}");
+    assert_eq!(s["opens"], 0, "{s}");
+    let held = wait_input(&js, &cdi, metrics, &[early, later, web], &[send, "t-tick"]).await?;
+    assert_eq!(held.len(), 2, "{held:?}");
+    assert_eq!(
+        dropped(metrics, "tracking").await?,
+        Some(3.0),
+        "hits dropped"
+    );
+    // The early open was refused, not left to expire as an unknown asset.
+    let dead = read_stream(&js, "TOUCH_DLQ").await?;
+    assert!(dead.is_empty(), "{dead:#?}");
+
+    running.stop(WAIT).await?;
+    drop(server);
     Ok(())
 }

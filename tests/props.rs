@@ -1500,13 +1500,7 @@ fn run_engine(ctx: &Ctx, lines: &[&str], batches: &[usize], until: i64) -> Outs 
         ClockMode::Replay,
     )
     .unwrap_or_else(|err| panic!("engine: {err:#}"));
-    let inputs: Vec<Input<'_>> = lines
-        .iter()
-        .map(|l| Input {
-            raw: l.as_bytes(),
-            received_at: None,
-        })
-        .collect();
+    let inputs: Vec<Input<'_>> = lines.iter().map(|l| Input::line(l.as_bytes())).collect();
     let mut out = touchstream::engine::Outputs::default();
     let mut i = 0;
     let mut b = 0;

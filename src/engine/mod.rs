@@ -9,6 +9,7 @@ pub mod output;
 pub mod reorder;
 
 use std::collections::VecDeque;
+use std::num::NonZeroU64;
 
 use reorder::ReorderBuffer;
 
@@ -56,6 +57,21 @@ pub struct Input<'a> {
     /// When the message reached the pipeline's store (JetStream publish time); used as the
     /// event's `received_at` when the event has none.
     pub received_at: Option<Millis>,
+    /// Its sequence in the input stream (a live run): an input refused for consent is reported
+    /// by it in `Outputs::refused`, also when that happens batches later (a hit is checked when
+    /// it joins its asset).
+    pub stream_seq: Option<NonZeroU64>,
+}
+
+impl<'a> Input<'a> {
+    /// A line of a file (replay, tests, benches): no store, so no publish time or sequence.
+    pub fn line(raw: &'a [u8]) -> Self {
+        Input {
+            raw,
+            received_at: None,
+            stream_seq: None,
+        }
+    }
 }
 
 /// Counts gathered during a batch and emitted as metrics once at its end.
@@ -270,7 +286,7 @@ impl Engine {
                 break;
             };
             if self.ingest(input, ev, now, &mut out) == Ingested::Refused {
-                out.refused.push(i);
+                out.refused.extend(input.stream_seq.map(NonZeroU64::get));
             }
         }
         self.end_batch(now, &mut out);
@@ -425,7 +441,7 @@ impl Engine {
             return Ingested::Taken;
         }
         let kind = ev.kind();
-        let what = match self.resolve(ev.body) {
+        let what = match self.resolve(ev.body, input.stream_seq) {
             Ok(Some(what)) => what,
             Ok(None) => return Ingested::Taken,
             Err(error) => {
@@ -484,7 +500,12 @@ impl Engine {
     }
 
     /// Resolves ids through the directory. Ok(None): accepted but names no pair.
-    fn resolve(&mut self, body: Body) -> Result<Option<What>, String> {
+    /// `stream_seq`: the input's, kept by hits (whose consent is checked when they join).
+    fn resolve(
+        &mut self,
+        body: Body,
+        stream_seq: Option<NonZeroU64>,
+    ) -> Result<Option<What>, String> {
         let dir = &*self.dir;
         // The rep first, then the customer: the first unknown id is the one reported.
         let (rep_id, customer_id) = pair_ids(&body);
@@ -524,11 +545,13 @@ impl Engine {
                 asset_id: h.asset_id,
                 hit: h.hit,
                 dwell_ms: h.dwell_ms,
+                stream_seq,
             },
             Body::WebHit(h) => match h.utm_content {
                 Some(asset_id) => What::WebHit {
                     product: h.path.starts_with(&self.p.web.product_path_prefix),
                     asset_id,
+                    stream_seq,
                 },
                 None => {
                     self.counts.unattributed_web += 1;
@@ -682,6 +705,7 @@ impl Engine {
             // A kernel failure is a bug, not bad input: make it loud but keep running.
             tracing::error!(error = %e, "CDI kernel failed");
         }
+        out.refused.append(&mut self.assets.refused);
         self.decide(now, out);
         for a in &out.alerts {
             // Alerts are few: counted one by one, by rule and status.
@@ -962,10 +986,7 @@ summary = "third open"
         let now = 1_893_456_000_000; // 2030-01-01
         let mut alerts = Vec::new();
         for line in &lines {
-            let input = Input {
-                raw: line.as_bytes(),
-                received_at: None,
-            };
+            let input = Input::line(line.as_bytes());
             alerts.extend(engine.process(&[input], now).alerts);
         }
         alerts.extend(engine.finish(None, now).alerts);
@@ -1033,10 +1054,7 @@ summary = "third open"
         ];
         let lines: Vec<Input<'_>> = cases
             .iter()
-            .map(|(line, _)| Input {
-                raw: line.as_bytes(),
-                received_at: None,
-            })
+            .map(|(line, _)| Input::line(line.as_bytes()))
             .collect();
         let now = 1_893_456_000_000; // 2030-01-01
         let mut out = engine.process(&lines, now);

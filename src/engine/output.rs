@@ -242,9 +242,10 @@ pub struct Outputs {
     pub alerts: Vec<Alert>,
     pub sessions: Vec<Session>,
     pub dead_letters: Vec<DeadLetter>,
-    /// Indexes (in the batch) of inputs dropped because their rep switched the category off:
-    /// a live run deletes them from the input stream, so they are not kept there either.
-    pub refused: Vec<usize>,
+    /// Stream sequences (`Input::stream_seq`) of inputs dropped because their rep switched the
+    /// category off, in this batch or, for hits, in an earlier one when they joined their asset
+    /// now: a live run deletes them from the input stream, so they are not kept there either.
+    pub refused: Vec<u64>,
 }
 
 impl Outputs {

@@ -173,6 +173,7 @@ mod tests {
             What::WebHit {
                 asset_id: "a".into(),
                 product: false,
+                stream_seq: None,
             }
         };
         Resolved {

@@ -168,10 +168,7 @@ impl Packed {
             .map(|&end| {
                 let raw = &self.data[start..end];
                 start = end;
-                crate::engine::Input {
-                    raw,
-                    received_at: None,
-                }
+                crate::engine::Input::line(raw)
             })
             .collect()
     }

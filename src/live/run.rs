@@ -20,7 +20,7 @@ use crate::engine::{AlertStatus, ClockMode, Engine, Input, Outputs};
 use crate::event::Millis;
 use crate::sinks::nats::{NatsSink, OutputRecord, ensure_output_streams};
 use crate::source::jetstream::{
-    JetStreamSource, Replay, ack_floor, ensure_input_stream, published_ms, stream_sequence,
+    JetStreamSource, Replay, ack_floor, ensure_input_stream, input, stream_sequence,
 };
 use crate::telemetry::{
     ACKED, ALERT_LATENCY_SECONDS, BATCH_DURATION_SECONDS, BATCH_EVENTS, WATERMARK_LAG_SECONDS,
@@ -281,20 +281,11 @@ impl Live {
         let started = Instant::now();
         let now = wall_clock_ms();
         let mut outputs = {
-            let inputs: Vec<Input<'_>> = batch
-                .iter()
-                .map(|m| Input {
-                    raw: m.payload.as_ref(),
-                    received_at: published_ms(m),
-                })
-                .collect();
+            let inputs: Vec<Input<'_>> = batch.iter().map(input).collect();
             let engine = &mut self.engine;
             unbudgeted(|| engine.process(&inputs, now)).await
         };
-        let refused: Vec<u64> = std::mem::take(&mut outputs.refused)
-            .into_iter()
-            .filter_map(|i| batch.get(i).and_then(stream_sequence))
-            .collect();
+        let refused = std::mem::take(&mut outputs.refused);
         self.publish(outputs).await?;
         // Only now is everything this batch caused durable: ack it.
         if self.ack(batch).await {
@@ -503,13 +494,7 @@ async fn rebuild(
         if batch.is_empty() {
             break;
         }
-        let inputs: Vec<Input<'_>> = batch
-            .iter()
-            .map(|m| Input {
-                raw: m.payload.as_ref(),
-                received_at: published_ms(m),
-            })
-            .collect();
+        let inputs: Vec<Input<'_>> = batch.iter().map(crate::source::jetstream::input).collect();
         // Outputs discarded (published before the restart) and metrics muted: these events
         // were counted by the process that first saw them.
         let now = wall_clock_ms();

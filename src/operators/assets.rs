@@ -119,6 +119,8 @@ pub struct AssetJoin {
     dirty: Vec<AssetIx>,
     /// Reps who switched `tracking` off: hits on their assets are dropped (consent).
     pub tracking_off: rustc_hash::FxHashSet<crate::directory::RepIx>,
+    /// Stream sequences of the hits dropped so, for `Outputs::refused`.
+    pub refused: Vec<u64>,
     /// Assets changed by late data since the last `take_dirty`.
     late: Vec<AssetIx>,
     pub counters: AssetCounters,
@@ -149,6 +151,7 @@ impl AssetJoin {
             tracking_off: Default::default(),
             late: Vec::new(),
             counters: AssetCounters::default(),
+            refused: Vec::new(),
         }
     }
 
@@ -411,6 +414,10 @@ impl AssetJoin {
         };
         if !self.tracking_off.is_empty() && self.tracking_off.contains(&a.pair.rep()) {
             self.counters.consent_dropped += 1;
+            if let What::PixelHit { stream_seq, .. } | What::WebHit { stream_seq, .. } = &ev.what {
+                self.refused
+                    .extend(stream_seq.map(std::num::NonZeroU64::get));
+            }
             return;
         }
         let before_send = ev.t < a.sent_at;

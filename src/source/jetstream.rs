@@ -13,7 +13,6 @@ use async_nats::jetstream::{self, consumer::pull::Ordered};
 use futures::{FutureExt as _, StreamExt as _};
 
 use crate::config::Pipeline;
-use crate::event::Millis;
 
 /// Dedup window of the input stream: publishers set `Nats-Msg-Id` = `event_id`, so a publisher
 /// retry within this window is stored once (the engine also drops repeated event ids).
@@ -57,11 +56,16 @@ pub async fn ack_floor(stream: &Stream, durable: &str) -> anyhow::Result<Option<
     }
 }
 
-/// The publish time JetStream recorded for a message, in epoch ms (the `received_at` of an
-/// event that has none).
-pub fn published_ms(m: &jetstream::Message) -> Option<Millis> {
-    let info = m.info().ok()?;
-    i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).ok()
+/// A delivered message as the engine's input: its bytes, publish time and stream sequence.
+pub fn input(m: &jetstream::Message) -> crate::engine::Input<'_> {
+    let info = m.info().ok();
+    crate::engine::Input {
+        raw: m.payload.as_ref(),
+        received_at: info
+            .as_ref()
+            .and_then(|i| i64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).ok()),
+        stream_seq: info.and_then(|i| std::num::NonZeroU64::new(i.stream_sequence)),
+    }
 }
 
 /// The stream sequence of a delivered message.
