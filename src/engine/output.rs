@@ -243,8 +243,8 @@ pub struct Outputs {
     pub sessions: Vec<Session>,
     pub dead_letters: Vec<DeadLetter>,
     /// Stream sequences (`Input::stream_seq`) of inputs dropped because their rep switched the
-    /// category off, in this batch or, for hits, in an earlier one when they joined their asset
-    /// now: a live run deletes them from the input stream, so they are not kept there either.
+    /// category off (a hit is dropped when it joins its asset, which can be batches after it
+    /// arrived): a live run deletes them from the input stream, so they are not kept there either.
     pub refused: Vec<u64>,
 }
 
