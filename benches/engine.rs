@@ -7,7 +7,9 @@
 //!
 //! Run: `cargo bench --bench engine` (sizes: `TOUCHSTREAM_BENCH_PAIRS=10000,100000`; days
 //! generated: `TOUCHSTREAM_BENCH_DAYS=7`; slices: `TOUCHSTREAM_BENCH_SLICES=8`, 1 times the
-//! sizes one after the other; another pipeline file: `TOUCHSTREAM_BENCH_PIPELINE=FILE`).
+//! sizes one after the other; another pipeline file: `TOUCHSTREAM_BENCH_PIPELINE=FILE`). It
+//! also prints two checks of the machine: decoding alone per size (compute) and the latency of
+//! a random load from memory before and after the timed part.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -153,6 +155,43 @@ fn perf_control(command: &str) {
     }
 }
 
+/// How long one dependent random load takes over a 256 MiB table that no cache holds (a
+/// pointer chase through one random cycle): the machine's memory latency at the moment, which
+/// the neighbours on a shared host move by twofold and more. Printed before and after the timed
+/// part, beside "decoding alone" (compute), so that a run can be judged quiet or not.
+struct MemoryProbe {
+    next: Vec<u32>,
+}
+
+impl MemoryProbe {
+    const WORDS: usize = 64 << 20;
+    const LOADS: usize = 2_000_000;
+
+    fn new() -> Self {
+        // Sattolo's shuffle: one cycle through every word, so the chase visits them all.
+        let mut next: Vec<u32> = (0..Self::WORDS as u32).collect();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in (1..next.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            next.swap(i, (x % i as u64) as usize);
+        }
+        MemoryProbe { next }
+    }
+
+    /// ns per load.
+    fn measure(&self) -> f64 {
+        let t0 = Instant::now();
+        let mut at = 0u32;
+        for _ in 0..Self::LOADS {
+            at = self.next[at as usize];
+        }
+        std::hint::black_box(at);
+        t0.elapsed().as_nanos() as f64 / Self::LOADS as f64
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     // As `touchstream` does at start: before the workload is generated, not only at
     // `Engine::new`, so that the memory freed by setup is not returned to the OS and faulted
@@ -186,6 +225,8 @@ fn main() -> anyhow::Result<()> {
         .into_iter()
         .map(|pairs| prepare(pairs, &pipeline))
         .collect::<anyhow::Result<_>>()?;
+    let memory = MemoryProbe::new();
+    let memory_before = memory.measure();
     for k in 0..slices {
         // Forwards and backwards in turn: which size follows which is the same for all.
         let order: Vec<usize> = if k % 2 == 0 {
@@ -197,8 +238,13 @@ fn main() -> anyhow::Result<()> {
             time_slice(&mut sizes[i], k, slices);
         }
     }
+    let memory_after = memory.measure();
+    drop(memory);
     println!(
         "  timed in {slices} slices per size, the sizes in turns (TOUCHSTREAM_BENCH_SLICES=1: one after the other)"
+    );
+    println!(
+        "  machine: a random load from memory (256 MiB chase) {memory_before:.0} ns before the timed part, {memory_after:.0} ns after"
     );
     for p in &sizes {
         let t = &p.timed;
