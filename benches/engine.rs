@@ -8,8 +8,8 @@
 //! Run: `cargo bench --bench engine` (sizes: `TOUCHSTREAM_BENCH_PAIRS=10000,100000`; days
 //! generated: `TOUCHSTREAM_BENCH_DAYS=7`; slices: `TOUCHSTREAM_BENCH_SLICES=8`, 1 times the
 //! sizes one after the other; another pipeline file: `TOUCHSTREAM_BENCH_PIPELINE=FILE`). It
-//! also prints two checks of the machine: decoding alone per size (compute) and the latency of
-//! a random load from memory before and after the timed part.
+//! also prints two checks of the machine: decoding alone per size (compute) at preparation and
+//! after the timed part, and the latency of a random load from memory before and after it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -94,14 +94,7 @@ fn prepare(pairs: usize, pipeline: &Arc<Pipeline>) -> anyhow::Result<Prepared> {
     for chunk in lines[..split].chunks(BATCH) {
         std::hint::black_box(engine.process(chunk, NOW));
     }
-    // Decoding alone, for the share of the engine's cost that does not depend on state.
-    let t0 = Instant::now();
-    let mut decoded = 0usize;
-    for input in &lines[split..] {
-        decoded += touchstream::event::decode(input.raw).is_ok() as usize;
-    }
-    let decode_ns = t0.elapsed().as_nanos() as f64 / measured as f64;
-    std::hint::black_box(decoded);
+    let decode_ns = decode_alone(&lines[split..]);
     Ok(Prepared {
         pairs,
         lines,
@@ -113,6 +106,19 @@ fn prepare(pairs: usize, pipeline: &Arc<Pipeline>) -> anyhow::Result<Prepared> {
             ..Timed::default()
         },
     })
+}
+
+/// Decoding alone of `lines`, ns per line: the share of the engine's cost that does not depend
+/// on state, and a check of the machine's compute speed (measured at preparation and again
+/// after the timed part: the sizes are prepared long before they are timed).
+fn decode_alone(lines: &[touchstream::engine::Input<'_>]) -> f64 {
+    let t0 = Instant::now();
+    let mut decoded = 0usize;
+    for input in lines {
+        decoded += touchstream::event::decode(input.raw).is_ok() as usize;
+    }
+    std::hint::black_box(decoded);
+    t0.elapsed().as_nanos() as f64 / lines.len().max(1) as f64
 }
 
 /// Times slice `k` of `slices` of a size's timed events.
@@ -240,13 +246,17 @@ fn main() -> anyhow::Result<()> {
     }
     let memory_after = memory.measure();
     drop(memory);
+    let decode_after: Vec<f64> = sizes
+        .iter()
+        .map(|p| decode_alone(&p.lines[p.split..]))
+        .collect();
     println!(
         "  timed in {slices} slices per size, the sizes in turns (TOUCHSTREAM_BENCH_SLICES=1: one after the other)"
     );
     println!(
         "  machine: a random load from memory (256 MiB chase) {memory_before:.0} ns before the timed part, {memory_after:.0} ns after"
     );
-    for p in &sizes {
+    for (p, decode_after) in sizes.iter().zip(&decode_after) {
         let t = &p.timed;
         let state: Vec<String> = p
             .engine
@@ -262,13 +272,14 @@ fn main() -> anyhow::Result<()> {
         let ns = t.wall_ns as f64 / t.events as f64;
         let rest = t.cpu_ns.map(|c| c.saturating_sub(t.first_cpu_ns));
         println!(
-            "engine/replay/pairs={:<9} workload {:>9} lines, timed {:>8}: {:>7.0} ns/event  {:>10.0} events/s  (decoding alone {:>5.0} ns; on-CPU {} ns/event; first batch of a slice {} ns/event, the rest {})",
+            "engine/replay/pairs={:<9} workload {:>9} lines, timed {:>8}: {:>7.0} ns/event  {:>10.0} events/s  (decoding alone {:>5.0} ns, after the timed part {:>5.0}; on-CPU {} ns/event; first batch of a slice {} ns/event, the rest {})",
             p.pairs,
             p.lines.len(),
             t.events,
             ns,
             1e9 / ns,
             p.decode_ns,
+            decode_after,
             per_event(t.cpu_ns, t.events),
             per_event(Some(t.first_cpu_ns), t.first_events),
             per_event(rest, t.events - t.first_events),
