@@ -48,6 +48,9 @@ struct Timed {
     first_events: usize,
     first_cpu_ns: u64,
     outputs: usize,
+    /// On-CPU ns/event of each slice in order: the same slice of the same workload in several
+    /// runs is the same work, so its minimum over runs is its cost with the least interference.
+    slice_ns: Vec<f64>,
 }
 
 /// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`, Linux).
@@ -147,6 +150,14 @@ fn time_slice(p: &mut Prepared, k: usize, slices: usize) {
     }
     if let (Some(a), Some(f)) = (cpu0, cpu_first) {
         p.timed.first_cpu_ns += f.saturating_sub(a);
+    }
+    let events: usize = batches[from..to].iter().map(|b| b.len()).sum();
+    if let (Some(a), Some(b)) = (cpu0, cpu1)
+        && events > 0
+    {
+        p.timed
+            .slice_ns
+            .push(b.saturating_sub(a) as f64 / events as f64);
     }
 }
 
@@ -283,6 +294,12 @@ fn main() -> anyhow::Result<()> {
             per_event(t.cpu_ns, t.events),
             per_event(Some(t.first_cpu_ns), t.first_events),
             per_event(rest, t.events - t.first_events),
+        );
+        let slices: Vec<String> = t.slice_ns.iter().map(|ns| format!("{ns:.0}")).collect();
+        println!(
+            "  pairs={} on-CPU ns/event by slice: {}",
+            p.pairs,
+            slices.join(" ")
         );
     }
     if let (Some(first), Some(last)) = (sizes.first(), sizes.last())
