@@ -129,6 +129,7 @@ fn time_slice(p: &mut Prepared, k: usize, slices: usize) {
     let batches: Vec<_> = p.lines[p.split..].chunks(BATCH).collect();
     let (from, to) = (k * batches.len() / slices, (k + 1) * batches.len() / slices);
     perf_control("enable");
+    let events0 = p.timed.events;
     let cpu0 = thread_cpu_ns();
     let t0 = Instant::now();
     let mut cpu_first = None;
@@ -151,7 +152,7 @@ fn time_slice(p: &mut Prepared, k: usize, slices: usize) {
     if let (Some(a), Some(f)) = (cpu0, cpu_first) {
         p.timed.first_cpu_ns += f.saturating_sub(a);
     }
-    let events: usize = batches[from..to].iter().map(|b| b.len()).sum();
+    let events = p.timed.events - events0;
     if let (Some(a), Some(b)) = (cpu0, cpu1)
         && events > 0
     {

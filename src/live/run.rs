@@ -19,9 +19,7 @@ use crate::directory::Directory;
 use crate::engine::{AlertStatus, ClockMode, Engine, Input, Outputs};
 use crate::event::Millis;
 use crate::sinks::nats::{NatsSink, OutputRecord, ensure_output_streams};
-use crate::source::jetstream::{
-    JetStreamSource, Replay, ack_floor, ensure_input_stream, input, stream_sequence,
-};
+use crate::source::jetstream::{JetStreamSource, Replay, ack_floor, ensure_input_stream, input};
 use crate::telemetry::{
     ACKED, ALERT_LATENCY_SECONDS, BATCH_DURATION_SECONDS, BATCH_EVENTS, WATERMARK_LAG_SECONDS,
     exporter,
@@ -280,10 +278,11 @@ impl Live {
     async fn process_batch(&mut self, batch: &[jetstream::Message]) -> anyhow::Result<()> {
         let started = Instant::now();
         let now = wall_clock_ms();
-        let mut outputs = {
+        let (mut outputs, last_seq) = {
             let inputs: Vec<Input<'_>> = batch.iter().map(input).collect();
+            let last_seq = inputs.iter().filter_map(|i| i.stream_seq).max();
             let engine = &mut self.engine;
-            unbudgeted(|| engine.process(&inputs, now)).await
+            (unbudgeted(|| engine.process(&inputs, now)).await, last_seq)
         };
         let refused = std::mem::take(&mut outputs.refused);
         self.publish(outputs).await?;
@@ -291,8 +290,8 @@ impl Live {
         if self.ack(batch).await {
             self.forget(&refused).await;
             metrics::counter!(ACKED).increment(batch.len() as u64);
-            if let Some(seq) = batch.iter().filter_map(stream_sequence).max() {
-                self.acked_seq = self.acked_seq.max(seq);
+            if let Some(seq) = last_seq {
+                self.acked_seq = self.acked_seq.max(seq.get());
             }
             // Written after the ack: the persisted watermark never runs ahead of the acked
             // input, so a restart never treats unacked events as late.
