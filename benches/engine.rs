@@ -9,7 +9,9 @@
 //! generated: `TOUCHSTREAM_BENCH_DAYS=7`; slices: `TOUCHSTREAM_BENCH_SLICES=8`, 1 times the
 //! sizes one after the other; another pipeline file: `TOUCHSTREAM_BENCH_PIPELINE=FILE`). It
 //! also prints two checks of the machine: decoding alone per size (compute) at preparation and
-//! after the timed part, and the latency of a random load from memory before and after it.
+//! after the timed part, and the latency of a random load from memory before and after it; and
+//! a short reading of both just before and just after every slice, by which
+//! `scripts/bench-quiet` keeps only the slices measured on a quiet machine.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,6 +26,10 @@ const BATCH: usize = 4096;
 const MEASURED: usize = 1_000_000;
 /// The processing time passed to the engine: far in the future, so no event is refused.
 const NOW: i64 = i64::MAX / 4;
+/// Lines decoded, and random loads chased, by each reading of the machine between slices
+/// (about 2 ms each on a quiet machine).
+const PROBE_LINES: usize = 4096;
+const PROBE_LOADS: usize = 16_384;
 
 /// One size, ready to be timed: its workload and an engine warmed with all but the timed events.
 struct Prepared {
@@ -33,6 +39,8 @@ struct Prepared {
     /// Where the timed events start in `lines`.
     split: usize,
     decode_ns: f64,
+    /// The warm-up lines that `Machine::probe` decodes around this size's slices.
+    probe_lines: std::ops::Range<usize>,
     timed: Timed,
 }
 
@@ -51,6 +59,8 @@ struct Timed {
     /// On-CPU ns/event of each slice in order: the same slice of the same workload in several
     /// runs is the same work, so its minimum over runs is its cost with the least interference.
     slice_ns: Vec<f64>,
+    /// The machine just before and just after each slice (`Machine::probe`).
+    slice_machine: Vec<(Reading, Reading)>,
 }
 
 /// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`, Linux).
@@ -104,6 +114,7 @@ fn prepare(pairs: usize, pipeline: &Arc<Pipeline>) -> anyhow::Result<Prepared> {
         engine,
         split,
         decode_ns,
+        probe_lines: split.saturating_sub(PROBE_LINES)..split,
         timed: Timed {
             cpu_ns: thread_cpu_ns().map(|_| 0),
             ..Timed::default()
@@ -124,10 +135,28 @@ fn decode_alone(lines: &[touchstream::engine::Input<'_>]) -> f64 {
     t0.elapsed().as_nanos() as f64 / lines.len().max(1) as f64
 }
 
+/// The machine at one moment, read just before and just after every slice: compute (decoding
+/// the same warm-up lines of the size, ns/line) and memory (a stretch of the 256 MiB chase,
+/// ns/load). The neighbours on a shared host slow either for seconds at a time; a slice with
+/// quiet readings on both sides was measured on a quiet machine (`scripts/bench-quiet`).
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    decode_ns: f64,
+    load_ns: f64,
+}
+
+fn read_machine(p: &Prepared, memory: &MemoryProbe) -> Reading {
+    Reading {
+        decode_ns: decode_alone(&p.lines[p.probe_lines.clone()]),
+        load_ns: memory.chase(PROBE_LOADS),
+    }
+}
+
 /// Times slice `k` of `slices` of a size's timed events.
-fn time_slice(p: &mut Prepared, k: usize, slices: usize) {
+fn time_slice(p: &mut Prepared, k: usize, slices: usize, memory: &MemoryProbe) {
     let batches: Vec<_> = p.lines[p.split..].chunks(BATCH).collect();
     let (from, to) = (k * batches.len() / slices, (k + 1) * batches.len() / slices);
+    let before = read_machine(p, memory);
     perf_control("enable");
     let events0 = p.timed.events;
     let cpu0 = thread_cpu_ns();
@@ -145,6 +174,8 @@ fn time_slice(p: &mut Prepared, k: usize, slices: usize) {
     let wall = t0.elapsed();
     let cpu1 = thread_cpu_ns();
     perf_control("disable");
+    let after = read_machine(p, memory);
+    p.timed.slice_machine.push((before, after));
     p.timed.wall_ns += wall.as_nanos();
     if let (Some(sum), Some(a), Some(b)) = (&mut p.timed.cpu_ns, cpu0, cpu1) {
         *sum += b.saturating_sub(a);
@@ -179,6 +210,9 @@ fn perf_control(command: &str) {
 /// part, beside "decoding alone" (compute), so that a run can be judged quiet or not.
 struct MemoryProbe {
     next: Vec<u32>,
+    /// Where the chase stands: each stretch goes on from where the last one stopped, through
+    /// words no recent stretch loaded.
+    at: std::cell::Cell<u32>,
 }
 
 impl MemoryProbe {
@@ -195,18 +229,26 @@ impl MemoryProbe {
             x ^= x << 17;
             next.swap(i, (x % i as u64) as usize);
         }
-        MemoryProbe { next }
+        MemoryProbe {
+            next,
+            at: std::cell::Cell::new(0),
+        }
     }
 
-    /// ns per load.
+    /// ns per load over the long stretch printed before and after the timed part.
     fn measure(&self) -> f64 {
+        self.chase(Self::LOADS)
+    }
+
+    /// ns per load over the next `loads` steps of the chase.
+    fn chase(&self, loads: usize) -> f64 {
         let t0 = Instant::now();
-        let mut at = 0u32;
-        for _ in 0..Self::LOADS {
+        let mut at = self.at.get();
+        for _ in 0..loads {
             at = self.next[at as usize];
         }
-        std::hint::black_box(at);
-        t0.elapsed().as_nanos() as f64 / Self::LOADS as f64
+        self.at.set(std::hint::black_box(at));
+        t0.elapsed().as_nanos() as f64 / loads as f64
     }
 }
 
@@ -253,7 +295,7 @@ fn main() -> anyhow::Result<()> {
             (0..sizes.len()).rev().collect()
         };
         for i in order {
-            time_slice(&mut sizes[i], k, slices);
+            time_slice(&mut sizes[i], k, slices, &memory);
         }
     }
     let memory_after = memory.measure();
@@ -301,6 +343,21 @@ fn main() -> anyhow::Result<()> {
             "  pairs={} on-CPU ns/event by slice: {}",
             p.pairs,
             slices.join(" ")
+        );
+        let machine: Vec<String> = t
+            .slice_machine
+            .iter()
+            .map(|(b, a)| {
+                format!(
+                    "{:.0},{:.0}/{:.0},{:.0}",
+                    b.decode_ns, b.load_ns, a.decode_ns, a.load_ns
+                )
+            })
+            .collect();
+        println!(
+            "  pairs={} machine before/after each slice (decoding ns/line,memory ns/load): {}",
+            p.pairs,
+            machine.join(" ")
         );
     }
     if let (Some(first), Some(last)) = (sizes.first(), sizes.last())
