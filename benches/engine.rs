@@ -10,8 +10,8 @@
 //! sizes one after the other; another pipeline file: `TOUCHSTREAM_BENCH_PIPELINE=FILE`). It
 //! also prints two checks of the machine: decoding alone per size (compute) at preparation and
 //! after the timed part, and the latency of a random load from memory before and after it; and
-//! a short reading of both just before and just after every slice, by which
-//! `scripts/bench-quiet` keeps only the slices measured on a quiet machine.
+//! short readings of both and of the shared cache just before and just after every slice, by
+//! which `scripts/bench-quiet` keeps only the slices measured on a quiet machine.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -136,27 +136,40 @@ fn decode_alone(lines: &[touchstream::engine::Input<'_>]) -> f64 {
 }
 
 /// The machine at one moment, read just before and just after every slice: compute (decoding
-/// the same warm-up lines of the size, ns/line) and memory (a stretch of the 256 MiB chase,
-/// ns/load). The neighbours on a shared host slow either for seconds at a time; a slice with
-/// quiet readings on both sides was measured on a quiet machine (`scripts/bench-quiet`).
+/// the same warm-up lines of the size, ns/line), the shared cache (a stretch of a chase through
+/// 4 MiB, just read in order so that it is cached, ns/load) and memory (a stretch of the
+/// 256 MiB chase, ns/load). The neighbours on a shared host slow each of them for seconds at a
+/// time: compute through the core, the cache by taking it over (what a small state like 10 k
+/// pairs' feels), memory by its traffic. A slice with quiet readings on both sides was measured
+/// on a quiet machine (`scripts/bench-quiet`).
 #[derive(Debug, Clone, Copy)]
 struct Reading {
     decode_ns: f64,
+    cache_ns: f64,
     load_ns: f64,
 }
 
-fn read_machine(p: &Prepared, memory: &MemoryProbe) -> Reading {
+/// The chases the readings take.
+struct Probes {
+    cache: Chase,
+    memory: Chase,
+}
+
+fn read_machine(p: &Prepared, probes: &Probes) -> Reading {
+    let decode_ns = decode_alone(&p.lines[p.probe_lines.clone()]);
+    probes.cache.read_in_order();
     Reading {
-        decode_ns: decode_alone(&p.lines[p.probe_lines.clone()]),
-        load_ns: memory.chase(PROBE_LOADS),
+        decode_ns,
+        cache_ns: probes.cache.stretch(PROBE_LOADS),
+        load_ns: probes.memory.stretch(PROBE_LOADS),
     }
 }
 
 /// Times slice `k` of `slices` of a size's timed events.
-fn time_slice(p: &mut Prepared, k: usize, slices: usize, memory: &MemoryProbe) {
+fn time_slice(p: &mut Prepared, k: usize, slices: usize, probes: &Probes) {
     let batches: Vec<_> = p.lines[p.split..].chunks(BATCH).collect();
     let (from, to) = (k * batches.len() / slices, (k + 1) * batches.len() / slices);
-    let before = read_machine(p, memory);
+    let before = read_machine(p, probes);
     perf_control("enable");
     let events0 = p.timed.events;
     let cpu0 = thread_cpu_ns();
@@ -174,7 +187,7 @@ fn time_slice(p: &mut Prepared, k: usize, slices: usize, memory: &MemoryProbe) {
     let wall = t0.elapsed();
     let cpu1 = thread_cpu_ns();
     perf_control("disable");
-    let after = read_machine(p, memory);
+    let after = read_machine(p, probes);
     p.timed.slice_machine.push((before, after));
     p.timed.wall_ns += wall.as_nanos();
     if let (Some(sum), Some(a), Some(b)) = (&mut p.timed.cpu_ns, cpu0, cpu1) {
@@ -204,24 +217,27 @@ fn perf_control(command: &str) {
     }
 }
 
-/// How long one dependent random load takes over a 256 MiB table that no cache holds (a
-/// pointer chase through one random cycle): the machine's memory latency at the moment, which
-/// the neighbours on a shared host move by twofold and more. Printed before and after the timed
-/// part, beside "decoding alone" (compute), so that a run can be judged quiet or not.
-struct MemoryProbe {
+/// How long one dependent random load takes over a table (a pointer chase through one random
+/// cycle of its words). Over 256 MiB, which no cache holds, it is the machine's memory latency at
+/// the moment, which the neighbours on a shared host move by twofold and more: printed before
+/// and after the timed part, beside "decoding alone" (compute), and read around every slice.
+struct Chase {
     next: Vec<u32>,
-    /// Where the chase stands: each stretch goes on from where the last one stopped, through
-    /// words no recent stretch loaded.
+    /// Where the chase stands: each stretch goes on from where the last one stopped.
     at: std::cell::Cell<u32>,
 }
 
-impl MemoryProbe {
-    const WORDS: usize = 64 << 20;
+impl Chase {
+    /// The 256 MiB table, and the stretch printed before and after the timed part.
+    const MEMORY_WORDS: usize = 64 << 20;
     const LOADS: usize = 2_000_000;
+    /// The table read in order before each cache reading: 4 MiB, twice a core's L2 here and a
+    /// ninth of the shared L3.
+    const CACHE_WORDS: usize = 1 << 20;
 
-    fn new() -> Self {
+    fn new(words: usize) -> Self {
         // Sattolo's shuffle: one cycle through every word, so the chase visits them all.
-        let mut next: Vec<u32> = (0..Self::WORDS as u32).collect();
+        let mut next: Vec<u32> = (0..words as u32).collect();
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         for i in (1..next.len()).rev() {
             x ^= x << 13;
@@ -229,19 +245,19 @@ impl MemoryProbe {
             x ^= x << 17;
             next.swap(i, (x % i as u64) as usize);
         }
-        MemoryProbe {
+        Chase {
             next,
             at: std::cell::Cell::new(0),
         }
     }
 
-    /// ns per load over the long stretch printed before and after the timed part.
-    fn measure(&self) -> f64 {
-        self.chase(Self::LOADS)
+    /// Reads the whole table in order (brings it into the caches).
+    fn read_in_order(&self) {
+        std::hint::black_box(self.next.iter().fold(0u32, |a, w| a ^ w));
     }
 
     /// ns per load over the next `loads` steps of the chase.
-    fn chase(&self, loads: usize) -> f64 {
+    fn stretch(&self, loads: usize) -> f64 {
         let t0 = Instant::now();
         let mut at = self.at.get();
         for _ in 0..loads {
@@ -285,8 +301,11 @@ fn main() -> anyhow::Result<()> {
         .into_iter()
         .map(|pairs| prepare(pairs, &pipeline))
         .collect::<anyhow::Result<_>>()?;
-    let memory = MemoryProbe::new();
-    let memory_before = memory.measure();
+    let probes = Probes {
+        cache: Chase::new(Chase::CACHE_WORDS),
+        memory: Chase::new(Chase::MEMORY_WORDS),
+    };
+    let memory_before = probes.memory.stretch(Chase::LOADS);
     for k in 0..slices {
         // Forwards and backwards in turn: which size follows which is the same for all.
         let order: Vec<usize> = if k % 2 == 0 {
@@ -295,11 +314,11 @@ fn main() -> anyhow::Result<()> {
             (0..sizes.len()).rev().collect()
         };
         for i in order {
-            time_slice(&mut sizes[i], k, slices, &memory);
+            time_slice(&mut sizes[i], k, slices, &probes);
         }
     }
-    let memory_after = memory.measure();
-    drop(memory);
+    let memory_after = probes.memory.stretch(Chase::LOADS);
+    drop(probes);
     let decode_after: Vec<f64> = sizes
         .iter()
         .map(|p| decode_alone(&p.lines[p.split..]))
@@ -349,13 +368,13 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .map(|(b, a)| {
                 format!(
-                    "{:.0},{:.0}/{:.0},{:.0}",
-                    b.decode_ns, b.load_ns, a.decode_ns, a.load_ns
+                    "{:.0},{:.0},{:.0}/{:.0},{:.0},{:.0}",
+                    b.decode_ns, b.cache_ns, b.load_ns, a.decode_ns, a.cache_ns, a.load_ns
                 )
             })
             .collect();
         println!(
-            "  pairs={} machine before/after each slice (decoding ns/line,memory ns/load): {}",
+            "  pairs={} machine before/after each slice (decoding ns/line,cache ns/load,memory ns/load): {}",
             p.pairs,
             machine.join(" ")
         );
