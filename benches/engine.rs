@@ -39,7 +39,7 @@ struct Prepared {
     /// Where the timed events start in `lines`.
     split: usize,
     decode_ns: f64,
-    /// The warm-up lines that `Machine::probe` decodes around this size's slices.
+    /// The warm-up lines that `read_machine` decodes around this size's slices.
     probe_lines: std::ops::Range<usize>,
     timed: Timed,
 }
@@ -59,7 +59,7 @@ struct Timed {
     /// On-CPU ns/event of each slice in order: the same slice of the same workload in several
     /// runs is the same work, so its minimum over runs is its cost with the least interference.
     slice_ns: Vec<f64>,
-    /// The machine just before and just after each slice (`Machine::probe`).
+    /// The machine just before and just after each slice (`read_machine`).
     slice_machine: Vec<(Reading, Reading)>,
 }
 
