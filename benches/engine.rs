@@ -57,7 +57,8 @@ struct Timed {
     first_cpu_ns: u64,
     outputs: usize,
     /// On-CPU ns/event of each slice in order: the same slice of the same workload in several
-    /// runs is the same work, so its minimum over runs is its cost with the least interference.
+    /// runs is the same work, so runs can be combined slice by slice (`scripts/bench-min`,
+    /// `scripts/bench-quiet`).
     slice_ns: Vec<f64>,
     /// The machine just before and just after each slice (`read_machine`).
     slice_machine: Vec<(Reading, Reading)>,
