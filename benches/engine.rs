@@ -62,6 +62,40 @@ struct Timed {
     slice_ns: Vec<f64>,
     /// The machine just before and just after each slice (`read_machine`).
     slice_machine: Vec<(Reading, Reading)>,
+    /// Page faults and kernel time of the timed loop's thread, summed over the slices: what
+    /// state that is still growing costs (fresh memory is cleared by the kernel on first touch).
+    kernel: Option<KernelTime>,
+}
+
+/// Minor page faults and kernel CPU time of this thread (`/proc/thread-self/stat`, Linux; the
+/// kernel time is counted in clock ticks, so only a sum over many slices means much).
+#[derive(Default, Clone, Copy)]
+struct KernelTime {
+    faults: u64,
+    ns: u64,
+}
+
+impl KernelTime {
+    fn read() -> Option<KernelTime> {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+        // Fields after the command name (which may hold spaces): state is field 3, minflt 10,
+        // stime 15 (man 5 proc).
+        let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let field = |n: usize| rest.get(n - 3)?.parse::<u64>().ok();
+        let ticks = field(15)?;
+        // USER_HZ is 100 on every Linux architecture this builds for.
+        Some(KernelTime {
+            faults: field(10)?,
+            ns: ticks * 10_000_000,
+        })
+    }
+
+    fn since(self, earlier: KernelTime) -> KernelTime {
+        KernelTime {
+            faults: self.faults.saturating_sub(earlier.faults),
+            ns: self.ns.saturating_sub(earlier.ns),
+        }
+    }
 }
 
 /// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`, Linux).
@@ -118,6 +152,7 @@ fn prepare(pairs: usize, pipeline: &Arc<Pipeline>) -> anyhow::Result<Prepared> {
         probe_lines: split.saturating_sub(PROBE_LINES)..split,
         timed: Timed {
             cpu_ns: thread_cpu_ns().map(|_| 0),
+            kernel: KernelTime::read().map(|_| KernelTime::default()),
             ..Timed::default()
         },
     })
@@ -173,6 +208,7 @@ fn time_slice(p: &mut Prepared, k: usize, slices: usize, probes: &Probes) {
     let before = read_machine(p, probes);
     perf_control("enable");
     let events0 = p.timed.events;
+    let kernel0 = KernelTime::read();
     let cpu0 = thread_cpu_ns();
     let t0 = Instant::now();
     let mut cpu_first = None;
@@ -187,7 +223,13 @@ fn time_slice(p: &mut Prepared, k: usize, slices: usize, probes: &Probes) {
     }
     let wall = t0.elapsed();
     let cpu1 = thread_cpu_ns();
+    let kernel1 = KernelTime::read();
     perf_control("disable");
+    if let (Some(sum), Some(a), Some(b)) = (&mut p.timed.kernel, kernel0, kernel1) {
+        let d = b.since(a);
+        sum.faults += d.faults;
+        sum.ns += d.ns;
+    }
     let after = read_machine(p, probes);
     p.timed.slice_machine.push((before, after));
     p.timed.wall_ns += wall.as_nanos();
@@ -358,6 +400,15 @@ fn main() -> anyhow::Result<()> {
             per_event(Some(t.first_cpu_ns), t.first_events),
             per_event(rest, t.events - t.first_events),
         );
+        if let Some(k) = t.kernel {
+            println!(
+                "  pairs={} in the kernel during the timed part: {} minor page faults ({:.2} per 1000 events), {} ns/event of kernel CPU (counted in 10 ms ticks)",
+                p.pairs,
+                k.faults,
+                k.faults as f64 * 1000.0 / t.events.max(1) as f64,
+                per_event(Some(k.ns), t.events),
+            );
+        }
         let slices: Vec<String> = t.slice_ns.iter().map(|ns| format!("{ns:.0}")).collect();
         println!(
             "  pairs={} on-CPU ns/event by slice: {}",
