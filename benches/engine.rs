@@ -63,7 +63,8 @@ struct Timed {
     /// The machine just before and just after each slice (`read_machine`).
     slice_machine: Vec<(Reading, Reading)>,
     /// Page faults and kernel time of the timed loop's thread, summed over the slices: what
-    /// state that is still growing costs (fresh memory is cleared by the kernel on first touch).
+    /// memory taken from the OS costs (the kernel clears it at the fault), whether the state grew
+    /// into it or the allocator had returned it.
     kernel: Option<KernelTime>,
 }
 
@@ -206,9 +207,9 @@ fn time_slice(p: &mut Prepared, k: usize, slices: usize, probes: &Probes) {
     let batches: Vec<_> = p.lines[p.split..].chunks(BATCH).collect();
     let (from, to) = (k * batches.len() / slices, (k + 1) * batches.len() / slices);
     let before = read_machine(p, probes);
+    let kernel0 = KernelTime::read();
     perf_control("enable");
     let events0 = p.timed.events;
-    let kernel0 = KernelTime::read();
     let cpu0 = thread_cpu_ns();
     let t0 = Instant::now();
     let mut cpu_first = None;
@@ -223,8 +224,8 @@ fn time_slice(p: &mut Prepared, k: usize, slices: usize, probes: &Probes) {
     }
     let wall = t0.elapsed();
     let cpu1 = thread_cpu_ns();
-    let kernel1 = KernelTime::read();
     perf_control("disable");
+    let kernel1 = KernelTime::read();
     if let (Some(sum), Some(a), Some(b)) = (&mut p.timed.kernel, kernel0, kernel1) {
         let d = b.since(a);
         sum.faults += d.faults;
