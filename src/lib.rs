@@ -19,12 +19,16 @@
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Keeps freed memory for 10 s before it goes back to the OS (mimalloc's default is 1 s), unless
-/// `MIMALLOC_PURGE_DELAY` says otherwise. Kernel runs and growing state free memory that is
-/// needed again a little later; returned too soon, it comes back through page faults that zero
-/// it again (often 2 MiB pages): 3 000 faults and about 6 % of the time per million events at
-/// 1 M pairs in `cargo bench --bench engine`, none with the delay. `main` calls it first
-/// (the delay applies to memory freed after the call); `Engine::new` too, for library users.
+/// Keeps freed memory for 5 minutes before it goes back to the OS (mimalloc's default is 1 s),
+/// unless `MIMALLOC_PURGE_DELAY` says otherwise. Kernel runs and growing state free memory that
+/// is needed again a little later; returned too soon, it comes back through page faults that
+/// zero it again (often 2 MiB pages, which this project's VM backs at a few ms each). With the
+/// earlier 10 s, `cargo bench --bench engine` still took hundreds to thousands of faults per size
+/// (most of them the bench's: its three engines share the allocator and wait for each other for
+/// longer than 10 s); with 5 minutes it takes 1 / 16 / 20, and per pair of alternating runs 3.7 /
+/// 5.5 / 6.3 % less time at 10 k / 100 k / 1 M pairs (stop 25, `benches/LOG.md`). The cost: after
+/// a burst the process gives its memory back minutes later instead of seconds. `main` calls it
+/// first (the delay applies to memory freed after the call); `Engine::new` too, for library users.
 pub fn tune_allocator() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -33,7 +37,7 @@ pub fn tune_allocator() {
             const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
             // SAFETY: sets one integer option; mimalloc reads it at each purge decision, and
             // setting it at any time is allowed.
-            unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 10_000) };
+            unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 300_000) };
         }
     });
 }
